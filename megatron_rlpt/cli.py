@@ -11,6 +11,7 @@ import argparse
 import importlib
 import pkgutil
 import sys
+import warnings
 
 from megatron_rlpt import __version__, commands
 from megatron_rlpt.errors import UsageError
@@ -31,7 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_known_warnings() -> None:
+    # Megatron-Core warns at import that it falls back from TE/Apex kernels; on CPU that is
+    # the expected path and the warning would bury the command's own output.
+    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.checkpoint")
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_known_warnings()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

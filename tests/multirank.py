@@ -54,7 +54,7 @@ def _main() -> None:
     module_name, fn_name = target.split(":")
     fn = getattr(importlib.import_module(module_name), fn_name)
     result = fn(**json.loads(kwargs_json))
-    rank = int(os.environ["RANK"])
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     torch.save(result, Path(outdir) / f"rank{rank}.pt")
 
 

@@ -218,3 +218,25 @@ def train_from_and_save(ckpt: str, out: str, arch: str, dist_opt: bool, steps: i
     destroy_distributed()
     return {}
 
+
+
+def bf16_vs_fp32(arch: str) -> dict[str, Any]:
+    """The same weights in fp32 and bf16 (Float16Module): logits agree to bf16 precision."""
+    import dataclasses
+
+    from megatron_rlpt.runtime.model import build_model
+
+    init_distributed(ParallelConfig(), seed=3)
+    cfg = tiny_model(arch)
+    fp32 = build_model(cfg).chunks[0]
+    bf16 = build_model(dataclasses.replace(cfg, params_dtype="bf16")).chunks[0]
+    bf16.module.load_state_dict({k: v.to(torch.bfloat16) for k, v in fp32.state_dict().items()
+                                 if not k.endswith("_extra_state")}, strict=False)
+    batch = fixed_batch()
+    with torch.no_grad():
+        a = fp32(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+        b = bf16(input_ids=batch["tokens"], position_ids=batch["position_ids"], attention_mask=None)
+    inv_freq = fp32.rotary_pos_emb.inv_freq.clone()
+    destroy_distributed()
+    return {"fp32": a, "bf16": b, "bf16_dtype": str(next(bf16.parameters()).dtype),
+            "inv_freq": inv_freq}

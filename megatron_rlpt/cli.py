@@ -33,9 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _quiet_known_warnings() -> None:
-    # Megatron-Core warns at import that it falls back from TE/Apex kernels; on CPU that is
-    # the expected path and the warning would bury the command's own output.
-    warnings.filterwarnings("ignore", message=".*Transformer Engine and Apex are not installed.*")
+    # Megatron-Core warns that it falls back from TE/Apex kernels and about deprecated defaults
+    # it sets itself; on CPU that is the expected path and would bury the command's output.
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
     warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.checkpoint")
 
 

@@ -1,0 +1,1 @@
+"""Training stages: what one optimizer step does for `pretrain`, `sft`, `rlpt` and `rlvr`."""

@@ -1,0 +1,154 @@
+"""Next-token stages: `pretrain` (continued pre-training) and `sft` (cold start).
+
+`pretrain` reads documents from a JSONL/text file or a Megatron IndexedDataset prefix, joins
+them with the end-of-text token and cuts the stream into `seq_length + 1` windows. `sft` reads
+instruction JSONL, renders prompt and response with the tokenizer's chat template and trains on
+the response tokens only. Batches are a pure function of (seed, step), so a resumed run sees
+exactly the data an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from megatron_rlpt.errors import UsageError
+from megatron_rlpt.stages.common import global_positions, micro_batches
+
+
+def _read_texts(path: Path, key: str = "text") -> list[str]:
+    if path.suffix == ".jsonl":
+        texts = []
+        with open(path, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    texts.append(json.loads(line)[key])
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise UsageError(f"{path}:{n}: expected a JSON object with {key!r}") from err
+        return texts
+    return [path.read_text(encoding="utf-8")]
+
+
+def token_stream(path: str, tokenizer: Any) -> np.ndarray:
+    """All training tokens of `path` as one array, documents separated by end-of-text."""
+    p = Path(path)
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    if IndexedDataset.exists(str(p)):
+        ds = IndexedDataset(str(p))
+        parts = [np.asarray(ds[i]) for i in range(len(ds))]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    if not p.is_file():
+        raise UsageError(f"pretrain data {path} is neither a file nor an IndexedDataset prefix")
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for text in _read_texts(p):
+        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
+    return np.asarray(ids, dtype=np.int64)
+
+
+class PretrainData:
+    """Fixed windows over the token stream, visited in a seeded order, epoch after epoch."""
+
+    def __init__(self, path: str, tokenizer: Any, seq_length: int, seed: int) -> None:
+        self.tokens = token_stream(path, tokenizer)
+        self.seq_length = seq_length
+        self.seed = seed
+        self.num_windows = (len(self.tokens) - 1) // seq_length
+        if self.num_windows < 1:
+            raise UsageError(f"{path} holds {len(self.tokens)} tokens, fewer than one sequence "
+                             f"of {seq_length + 1}")
+
+    def rows(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        windows = [self._window(p) for p in positions]
+        rows = torch.as_tensor(np.stack(windows))
+        n, s = len(positions), self.seq_length
+        return {"tokens": rows[:, :-1], "labels": rows[:, 1:], "loss_mask": torch.ones(n, s),
+                "position_ids": torch.arange(s).expand(n, -1).contiguous()}
+
+    def _window(self, position: int) -> np.ndarray:
+        epoch, i = divmod(position, self.num_windows)
+        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
+        start = int(order[i]) * self.seq_length
+        return self.tokens[start : start + self.seq_length + 1]
+
+
+class SFTData:
+    """Instruction pairs rendered with the chat template; loss on the response tokens only."""
+
+    def __init__(self, path: str, tokenizer: Any, seq_length: int, seed: int,
+                 prompt_key: str, response_key: str) -> None:
+        self.tokenizer, self.seq_length, self.seed = tokenizer, seq_length, seed
+        p = Path(path)
+        if not p.is_file():
+            raise UsageError(f"sft data {path} does not exist")
+        self.examples = []
+        with open(p, encoding="utf-8") as f:
+            for n, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                    self.examples.append((str(row[prompt_key]), str(row[response_key])))
+                except (json.JSONDecodeError, KeyError, TypeError) as err:
+                    raise UsageError(f"{path}:{n}: expected {prompt_key!r} and {response_key!r}") from err
+        if not self.examples:
+            raise UsageError(f"{path} holds no examples")
+
+    def encode(self, prompt: str, response: str) -> tuple[list[int], int]:
+        """Token ids of the whole conversation and how many of them are the prompt."""
+        tok = self.tokenizer
+        messages = [{"role": "user", "content": prompt}]
+        if getattr(tok, "chat_template", None):
+            prefix = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        else:
+            prefix = prompt + "\n"
+        prompt_ids = tok(prefix, add_special_tokens=False)["input_ids"]
+        response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        return prompt_ids + response_ids, len(prompt_ids)
+
+    def rows(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        s = self.seq_length
+        n = len(positions)
+        tokens = torch.full((n, s + 1), self.tokenizer.eos_token_id, dtype=torch.long)
+        mask = torch.zeros(n, s)
+        for r, pos in enumerate(positions):
+            epoch, i = divmod(pos, len(self.examples))
+            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
+            ids, n_prompt = self.encode(*self.examples[int(order[i])])
+            ids = ids[: s + 1]
+            tokens[r, : len(ids)] = torch.tensor(ids)
+            # Label j predicts token j+1: train where that token belongs to the response.
+            mask[r, max(n_prompt - 1, 0) : len(ids) - 1] = 1
+        return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": mask,
+                "position_ids": torch.arange(s).expand(n, -1).contiguous()}
+
+
+class LMStage:
+    """One optimizer step of next-token training on this rank's share of the global batch."""
+
+    def __init__(self, cfg: Any, state: Any, tokenizer: Any) -> None:
+        self.cfg, self.state = cfg, state
+        d = cfg.data
+        if cfg.run.stage == "pretrain":
+            self.data: Any = PretrainData(d.path, tokenizer, d.seq_length, cfg.run.seed)
+        else:
+            self.data = SFTData(d.path, tokenizer, d.seq_length, cfg.run.seed, d.prompt_key,
+                                d.response_key)
+
+    def step(self, step: int) -> dict[str, float]:
+        from megatron_rlpt.runtime.step import next_token_forward_step, train_step
+
+        b = self.cfg.batch
+        positions = global_positions(step, b.sequences_per_step)
+        batches = micro_batches(self.data.rows(positions), b.micro_batch_size)
+        metrics = train_step(self.state, next_token_forward_step, iter(batches), len(batches),
+                             b.micro_batch_size, self.cfg.data.seq_length)
+        metrics["loss"] = metrics.pop("lm_loss")
+        return metrics

@@ -1,0 +1,245 @@
+"""RL stages: `rlpt` (next-segment reasoning with a judge) and `rlvr` (verifiable math reward).
+
+One step on one data-parallel rank:
+
+    prompts ─ rollout (G samples each) ─ rewards (extraction + judge) ─ GRPO advantages
+            ─ dynamic sampling (drop failed and zero-variance groups)
+            ─ Megatron forward/backward with the policy-gradient loss ─ optimizer step
+
+Rollouts and rewards are computed per DP rank on its share of the prompts; the judge runs on the
+first tensor-parallel rank and its results are broadcast to the others, so each completion is
+judged once. Everything random is keyed by (seed, step, prompt position).
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from megatron_rlpt.algo.grpo import group_advantages
+from megatron_rlpt.algo.loss import attach_global_denominators, make_loss_func
+from megatron_rlpt.errors import UsageError
+from megatron_rlpt.rollout.base import SamplingParams
+from megatron_rlpt.stages.common import data_parallel_share
+from megatron_rlpt.stages.prompts import PromptSource, build_prompt_source
+
+
+@dataclass
+class Rollout:
+    """One prompt's group of completions and what the judge made of them."""
+
+    prompt_ids: list[int]
+    task: str
+    sample_weight: float
+    completions: list[Any] = field(default_factory=list)
+    rewards: list[float] = field(default_factory=list)
+    valid: list[bool] = field(default_factory=list)
+
+
+def _mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Give padded vocabulary rows no probability (the sampler never draws them either)."""
+    from megatron.core import parallel_state as ps
+
+    shard = logits.shape[-1]
+    start = ps.get_tensor_model_parallel_rank() * shard
+    if start + shard <= vocab_size:
+        return logits
+    keep = torch.arange(start, start + shard, device=logits.device) < vocab_size
+    return logits.masked_fill(~keep, -1e4)
+
+
+class RLStage:
+    """One RLPT or RLVR optimizer step."""
+
+    def __init__(self, cfg: Any, state: Any, tokenizer: Any) -> None:
+        from megatron.core import parallel_state as ps
+
+        self.cfg, self.state, self.tokenizer = cfg, state, tokenizer
+        self.source: PromptSource = build_prompt_source(cfg, tokenizer)
+        self.engine = self._build_engine()
+        self.is_judge_rank = ps.get_tensor_model_parallel_rank() == 0
+        self.judge = self.source.make_judge() if self.is_judge_rank else None
+        if cfg.loss.temperature != cfg.rollout.temperature:
+            raise UsageError("loss.temperature must equal rollout.temperature: the loss compares "
+                             "log-probs of the distribution the rollouts were sampled from")
+
+    def _build_engine(self) -> Any:
+        kind = self.cfg.rollout.engine
+        if kind == "megatron":
+            from megatron_rlpt.rollout.megatron_engine import MegatronEngine
+
+            return MegatronEngine(self.state.chunks, self.tokenizer, self.cfg.model)
+        raise UsageError(f"rollout.engine={kind!r} is not available in this version; use megatron")
+
+    # -- rollout and reward -------------------------------------------------------------------
+
+    def _sampling(self, step: int) -> SamplingParams:
+        r = self.cfg.rollout
+        return SamplingParams(max_tokens=r.max_new_tokens, temperature=r.temperature,
+                              top_p=r.top_p, top_k=r.top_k, stop=list(r.stop),
+                              seed=self.cfg.run.seed * 1_000_003 + step)
+
+    def _rollouts(self, step: int) -> tuple[list[Rollout], list[Any]]:
+        per_step = self.cfg.batch.prompts_per_step
+        first, count = data_parallel_share(per_step)
+        positions = [(step - 1) * per_step + first + i for i in range(count)]
+        prompts = [self.source.prompt(p, random.Random(f"{self.cfg.run.seed}:{p}"))
+                   for p in positions]
+        groups = self.engine.generate_ids([p.prompt_ids for p in prompts],
+                                          self.cfg.grpo.group_size, self._sampling(step))
+        return [Rollout(p.prompt_ids, p.task, p.sample_weight, list(g))
+                for p, g in zip(prompts, groups)], prompts
+
+    def _score(self, rollouts: list[Rollout], prompts: list[Any]) -> None:
+        from megatron.core import parallel_state as ps
+
+        payload: list[Any] = [None]
+        if self.is_judge_rank:
+            texts = [c.text for r in rollouts for c in r.completions]
+            meta = [p for p in prompts for _ in range(self.cfg.grpo.group_size)]
+            results = self.source.score(self.judge, texts, meta)
+            payload = [[(float(x.reward), bool(x.valid)) for x in results]]
+        if ps.get_tensor_model_parallel_world_size() > 1:
+            torch.distributed.broadcast_object_list(
+                payload, src=ps.get_tensor_model_parallel_src_rank(),
+                group=ps.get_tensor_model_parallel_group())
+        flat = iter(payload[0])
+        for r in rollouts:
+            for _ in r.completions:
+                reward, valid = next(flat)
+                r.rewards.append(reward)
+                r.valid.append(valid)
+
+    # -- training -----------------------------------------------------------------------------
+
+    def _sequences(self, rollouts: list[Rollout], advantages: torch.Tensor,
+                   keep: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        rows = []
+        for g, r in enumerate(rollouts):
+            if not keep[g]:
+                continue
+            for j, c in enumerate(r.completions):
+                if not c.token_ids:
+                    continue
+                ids = r.prompt_ids + list(c.token_ids)
+                n_prompt, n = len(r.prompt_ids), len(ids) - 1
+                mask = torch.zeros(n)
+                mask[n_prompt - 1 :] = 1
+                old = torch.zeros(n)
+                old[n_prompt - 1 :] = torch.tensor(c.logprobs, dtype=torch.float32)
+                rows.append({
+                    "tokens": torch.tensor(ids[:-1]), "labels": torch.tensor(ids[1:]),
+                    "loss_mask": mask, "old_logprobs": old,
+                    "advantages": torch.full((n,), float(advantages[g, j])),
+                    "sample_weight": torch.tensor(r.sample_weight),
+                })
+        return rows
+
+    def _micro_batches(self, rows: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        mbs = self.cfg.batch.micro_batch_size
+        pad = self.tokenizer.eos_token_id
+        if not rows:  # this rank kept nothing: one empty micro-batch keeps the collectives aligned
+            rows = [{"tokens": torch.tensor([pad]), "labels": torch.tensor([pad]),
+                     "loss_mask": torch.zeros(1), "old_logprobs": torch.zeros(1),
+                     "advantages": torch.zeros(1), "sample_weight": torch.tensor(0.0)}]
+        out = []
+        for i in range(0, len(rows), mbs):
+            chunk = rows[i : i + mbs]
+            s = max(len(r["tokens"]) for r in chunk)
+            mb: dict[str, torch.Tensor] = {}
+            for key in ("tokens", "labels", "loss_mask", "old_logprobs", "advantages"):
+                fill = pad if key in ("tokens", "labels") else 0
+                dtype = torch.long if key in ("tokens", "labels") else torch.float32
+                t = torch.full((len(chunk), s), fill, dtype=dtype)
+                for k, r in enumerate(chunk):
+                    t[k, : len(r[key])] = r[key]
+                mb[key] = t
+            mb["sample_weight"] = torch.stack([r["sample_weight"] for r in chunk]).float()
+            mb["position_ids"] = torch.arange(s).expand(len(chunk), -1).contiguous()
+            out.append(mb)
+        return out
+
+    def _forward_step(self, data_iterator: Any, model: Any) -> tuple:
+        from megatron.core import parallel_state as ps
+
+        batch = next(data_iterator)
+        output = model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                       attention_mask=None)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
+            output = _mask_padded_vocab(output, self.cfg.model.vocab_size)
+        return output, make_loss_func(batch, self.cfg.loss,
+                                      tp_group=ps.get_tensor_model_parallel_group())
+
+    def step(self, step: int) -> dict[str, float]:
+        from megatron.core import parallel_state as ps
+
+        from megatron_rlpt.runtime.step import train_step
+
+        t0 = time.perf_counter()
+        rollouts, prompts = self._rollouts(step)
+        t1 = time.perf_counter()
+        self._score(rollouts, prompts)
+        t2 = time.perf_counter()
+
+        g = self.cfg.grpo.group_size
+        rewards = torch.tensor([r.rewards for r in rollouts]).view(-1, g)
+        valid = torch.tensor([r.valid for r in rollouts]).view(-1, g)
+        adv = group_advantages(rewards, valid, self.cfg.grpo)
+        rows = self._sequences(rollouts, adv.advantages, adv.keep)
+        batches = self._micro_batches(rows)
+        tokens, _ = attach_global_denominators(batches, ps.get_data_parallel_group())
+
+        metrics = self._rollout_metrics(rollouts, adv, rewards, valid)
+        if tokens == 0:  # nothing to learn from anywhere: no update, so no weight decay drift
+            metrics.update(update_skipped=1.0)
+        else:
+            s = max(b["tokens"].shape[1] for b in batches)
+            metrics.update(train_step(self.state, self._forward_step, iter(batches), len(batches),
+                                      self.cfg.batch.micro_batch_size, s))
+        t3 = time.perf_counter()
+        metrics.update({"time/rollout_s": t1 - t0, "time/judge_s": t2 - t1,
+                        "time/train_s": t3 - t2, "train/tokens": float(tokens),
+                        "train/tokens_per_s": tokens / max(t3 - t2, 1e-9)})
+        return metrics
+
+    def _rollout_metrics(self, rollouts: list[Rollout], adv: Any, rewards: torch.Tensor,
+                         valid: torch.Tensor) -> dict[str, float]:
+        """Reward and length statistics summed over data-parallel ranks."""
+        from megatron.core import parallel_state as ps
+
+        # [sum, count] pairs: reward all / asr / msr, response length, failed judgements.
+        stats = torch.zeros(6, 2, dtype=torch.float64)
+        for r in rollouts:
+            for c, reward, ok in zip(r.completions, r.rewards, r.valid):
+                stats[4] += torch.tensor([len(c.token_ids), 1.0])
+                stats[5] += torch.tensor([0.0 if ok else 1.0, 1.0])
+                if ok:
+                    stats[0] += torch.tensor([reward, 1.0])
+                    row = 1 if r.task == "asr" else 2 if r.task == "msr" else 3
+                    stats[row] += torch.tensor([reward, 1.0])
+        groups = torch.tensor([[float(adv.keep.sum()), float(adv.zero_variance.sum()),
+                                float(adv.failed.sum()), float(adv.keep.numel())]],
+                              dtype=torch.float64)
+        packed = torch.cat([stats.flatten(), groups.flatten()])
+        torch.distributed.all_reduce(packed, group=ps.get_data_parallel_group())
+        stats, groups = packed[:12].view(6, 2), packed[12:]
+
+        def mean(i: int) -> float:
+            return float(stats[i, 0] / stats[i, 1]) if stats[i, 1] > 0 else float("nan")
+
+        return {
+            "reward": mean(0), "reward/asr": mean(1), "reward/msr": mean(2),
+            "response_length": mean(4), "judge/failed": float(stats[5, 0]),
+            "judge/failed_fraction": mean(5),
+            "grpo/kept_groups": float(groups[0]),
+            "grpo/zero_variance_fraction": float(groups[1] / max(groups[3], 1)),
+            "grpo/failed_groups": float(groups[2]),
+        }
+
+    def close(self) -> None:
+        if self.judge is not None:
+            self.judge.close()

@@ -1,0 +1,117 @@
+"""The `rlpt train` driver: set up, resume, loop over steps, log, checkpoint.
+
+What one step does lives in the stage (`stages/lm.py` for pretrain/sft, `stages/rl.py` for
+rlpt/rlvr). Every batch is a pure function of (seed, step) and every RNG the step uses is
+restored from the checkpoint, so a killed run resumed from its last checkpoint reaches the same
+weights as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from megatron_rlpt.config import TrainConfig
+from megatron_rlpt.errors import UsageError
+from megatron_rlpt.utils.config import to_dict
+from megatron_rlpt.utils.io import atomic_write_text
+
+MODEL_CONFIG_FILE = "model_config.json"
+
+
+def _make_stage(cfg: TrainConfig, state: Any, tokenizer: Any) -> Any:
+    if cfg.run.stage in ("pretrain", "sft"):
+        from megatron_rlpt.stages.lm import LMStage
+
+        return LMStage(cfg, state, tokenizer)
+    from megatron_rlpt.stages.rl import RLStage
+
+    return RLStage(cfg, state, tokenizer)
+
+
+def _tokenizer_path(cfg: TrainConfig) -> Path:
+    """data.tokenizer, else the one `rlpt prepare` recorded, else the shipped tokenizer."""
+    import json
+
+    from megatron_rlpt.data.tokenizer import default_tokenizer_path
+
+    if cfg.data.tokenizer:
+        return Path(cfg.data.tokenizer)
+    manifest = Path(cfg.data.path) / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+    return default_tokenizer_path()
+
+
+def _load_tokenizer(cfg: TrainConfig) -> Any:
+    from megatron_rlpt.data.tokenizer import load_tokenizer
+
+    path = _tokenizer_path(cfg)
+    tokenizer = load_tokenizer(path)
+    if len(tokenizer) > cfg.model.vocab_size:
+        raise UsageError(f"tokenizer {path} has {len(tokenizer)} tokens but model.vocab_size is "
+                         f"{cfg.model.vocab_size}")
+    return tokenizer
+
+
+def _save_run_files(cfg: TrainConfig, run_dir: Path, tokenizer: Any) -> None:
+    import json
+
+    atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    ckpt_root = run_dir / "checkpoints"
+    atomic_write_text(ckpt_root / MODEL_CONFIG_FILE, json.dumps(cfg.model.to_dict(), indent=2))
+    tokenizer.save_pretrained(str(ckpt_root / "tokenizer"))
+
+
+def train(cfg: TrainConfig) -> dict[str, float]:
+    """Run training as configured; returns the last step's metrics (rank 0's view)."""
+    import torch
+
+    from megatron_rlpt.metrics_log import MetricsLogger
+    from megatron_rlpt.runtime.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from megatron_rlpt.runtime.distributed import destroy_distributed, init_distributed
+    from megatron_rlpt.runtime.step import setup_training
+
+    cfg.validate()
+    init_distributed(cfg.parallel, seed=cfg.run.seed)
+    rank0 = torch.distributed.get_rank() == 0
+    run_dir = Path(cfg.run.output_dir)
+    ckpt_root = run_dir / "checkpoints"
+    tokenizer = _load_tokenizer(cfg)
+    state = setup_training(cfg.model, cfg.parallel, cfg.optim, total_steps=cfg.run.steps)
+
+    start_step = 0
+    latest = latest_checkpoint(ckpt_root) if cfg.run.resume else None
+    if latest is not None:
+        start_step = load_checkpoint(latest, state.chunks, state.optimizer, state.scheduler)["step"]
+    elif cfg.run.init_from:
+        load_checkpoint(cfg.run.init_from, state.chunks, restore_rng=False)
+    if rank0:
+        _save_run_files(cfg, run_dir, tokenizer)
+    torch.distributed.barrier()
+
+    stage = _make_stage(cfg, state, tokenizer)
+    logger = MetricsLogger(run_dir, cfg.run.steps, start_step, to_dict(cfg), cfg.run.wandb,
+                           enabled=rank0, progress=cfg.run.progress)
+    metrics: dict[str, float] = {}
+    try:
+        for step in range(start_step + 1, cfg.run.steps + 1):
+            t0 = time.perf_counter()
+            metrics = stage.step(step)
+            metrics["time/step_s"] = time.perf_counter() - t0
+            logger.log(step, metrics)
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+                save_checkpoint(ckpt_root, step, state.chunks, state.optimizer, state.scheduler,
+                                trainer_state={"stage": cfg.run.stage}, keep_last=cfg.run.keep_last)
+    finally:
+        logger.close()
+        close = getattr(stage, "close", None)
+        if close is not None:
+            close()
+    destroy_distributed()
+    return metrics

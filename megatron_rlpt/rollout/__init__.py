@@ -2,4 +2,6 @@
 
 from megatron_rlpt.rollout.base import Completion, RolloutEngine, SamplingParams
 
+# Engines import torch / Megatron / transformers: import them from their modules,
+# megatron_rlpt.rollout.megatron_engine.MegatronEngine and megatron_rlpt.rollout.hf_engine.HFEngine.
 __all__ = ["Completion", "RolloutEngine", "SamplingParams"]

@@ -68,6 +68,43 @@ def _save_run_files(cfg: TrainConfig, run_dir: Path, tokenizer: Any) -> None:
     tokenizer.save_pretrained(str(ckpt_root / "tokenizer"))
 
 
+class StopSignal:
+    """Turns SIGTERM / SIGUSR1 (Slurm's preemption warning) into a checkpoint-and-exit.
+
+    The handler only sets a flag; after each step the ranks agree on it with an all-reduce, so
+    all of them save the same step and leave together.
+    """
+
+    SIGNALS = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self) -> None:
+        import signal
+
+        self.received: str | None = None
+        self._previous = {}
+        for name in self.SIGNALS:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        import signal
+
+        self.received = signal.Signals(signum).name
+
+    def agreed(self) -> bool:
+        import torch
+
+        flag = torch.tensor([1.0 if self.received else 0.0])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        import signal
+
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
 def train(cfg: TrainConfig) -> dict[str, float]:
     """Run training as configured; returns the last step's metrics (rank 0's view)."""
     import torch
@@ -99,16 +136,24 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     logger = MetricsLogger(run_dir, cfg.run.steps, start_step, to_dict(cfg), cfg.run.wandb,
                            enabled=rank0, progress=cfg.run.progress)
     metrics: dict[str, float] = {}
+    stop = StopSignal()
     try:
         for step in range(start_step + 1, cfg.run.steps + 1):
             t0 = time.perf_counter()
             metrics = stage.step(step)
             metrics["time/step_s"] = time.perf_counter() - t0
             logger.log(step, metrics)
-            if step % cfg.run.save_every == 0 or step == cfg.run.steps:
+            stopping = stop.agreed()
+            if step % cfg.run.save_every == 0 or step == cfg.run.steps or stopping:
                 save_checkpoint(ckpt_root, step, state.chunks, state.optimizer, state.scheduler,
                                 trainer_state={"stage": cfg.run.stage}, keep_last=cfg.run.keep_last)
+            if stopping:
+                if rank0:
+                    print(f"rlpt train: {stop.received or 'a signal'} received; saved step {step} "
+                          "and stopped (rerun the same command to resume)", flush=True)
+                break
     finally:
+        stop.restore()
         logger.close()
         close = getattr(stage, "close", None)
         if close is not None:

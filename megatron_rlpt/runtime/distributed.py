@@ -124,8 +124,17 @@ def detect_launch_env(env: Mapping[str, str] | None = None) -> LaunchEnv:
             master_port=master_port,
             launcher="slurm",
         )
-    return LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"),
-                     int(env.get("MASTER_PORT", "29500")), "single")
+    # A lone process needs no agreed port: take a free one, so that jobs can share a machine.
+    port = _int_env(env, "MASTER_PORT") if "MASTER_PORT" in env else _free_port()
+    return LaunchEnv(0, 1, 0, env.get("MASTER_ADDR", "127.0.0.1"), port, "single")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def validate_layout(parallel: ParallelConfig, world_size: int) -> int:

@@ -80,6 +80,9 @@ class ModelConfig:
     """`e4m3` or `hybrid` FP8 through Transformer Engine (GPU with TE only); None disables FP8."""
     transformer_impl: str = "auto"
     """`local` (pure Megatron-Core layers), `transformer_engine`, or `auto` (TE when importable)."""
+    recompute_granularity: str | None = None
+    """Activation recompute: `full` (recompute every layer in backward), `selective` (only the
+    attention core) or None (keep activations)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -103,6 +106,10 @@ class ModelConfig:
              f"num_layers {self.num_layers} not divisible by PP {pipeline_parallel}"),
             (self.params_dtype in ("fp32", "bf16"), f"params_dtype must be fp32 or bf16, got {self.params_dtype!r}"),
             (self.fp8 in (None, "e4m3", "hybrid"), f"fp8 must be e4m3, hybrid or null, got {self.fp8!r}"),
+            (self.fp8 is None or self.transformer_impl != "local",
+             "fp8 needs transformer_impl auto or transformer_engine (the local spec has no FP8)"),
+            (self.recompute_granularity in (None, "full", "selective"),
+             f"recompute_granularity must be full, selective or null, got {self.recompute_granularity!r}"),
             (self.transformer_impl in ("auto", "local", "transformer_engine"),
              f"transformer_impl must be auto, local or transformer_engine, got {self.transformer_impl!r}"),
         ]
@@ -189,6 +196,11 @@ def transformer_config(cfg: ModelConfig, parallel: Any = None) -> Any:
     )
     if cfg.fp8 is not None:
         kwargs.update(fp8=cfg.fp8, fp8_recipe="delayed")
+    if cfg.recompute_granularity == "full":
+        kwargs.update(recompute_granularity="full", recompute_method="uniform",
+                      recompute_num_layers=1)
+    elif cfg.recompute_granularity == "selective":
+        kwargs.update(recompute_granularity="selective")
     return TransformerConfig(**kwargs)
 
 

@@ -1,38 +1,64 @@
-"""Small generated corpora whose next sentence follows from the context.
+"""A small generated corpus whose next sentence follows from the context, and warm-up data.
 
-Used by the quickstart and by the learning tests: a tiny model can learn them in minutes on a
-CPU, and a prediction can be checked exactly. Each document counts in a fixed step from a start
-value, one sentence per number, so sentence i+1 is determined by sentences 1..i.
+Used by the quickstart and by the learning tests: a tiny model learns it in minutes on a CPU,
+and a prediction can be checked exactly.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from typing import Any
 
-SUBJECTS = ("apples", "stones", "coins", "birds", "books", "steps", "cells", "atoms")
+COLOURS = ("red", "green", "blue", "amber")
+"""The cycle every lamp follows, in this order."""
+THINGS = ("lamp", "light")
 
 
-def counting_document(rng: random.Random, sentences: int = 8) -> str:
-    """`We count coins in steps of 3, starting at 12. Now there are 12 coins. Now there are 15 ...`"""
-    subject = rng.choice(SUBJECTS)
-    start, step = rng.randint(1, 30), rng.randint(2, 9)
-    lines = [f"We count {subject} in steps of {step}, starting at {start}."]
-    lines += [f"Now there are {start + k * step} {subject}." for k in range(sentences)]
+def cycling_document(rng: random.Random, sentences: int) -> str:
+    """`The lamp changes colour every hour. At 3 o'clock the lamp shows blue. At 4 o'clock ...`
+
+    Hours count up (12 is followed by 1) and colours follow COLOURS, so each sentence follows
+    from the one before it by a fixed rule; seven words each, so segmentation keeps them apart.
+    """
+    thing = rng.choice(THINGS)
+    hour, colour = rng.randint(1, 12), rng.randrange(len(COLOURS))
+    lines = [f"The {thing} changes its colour every hour, all night long."]
+    for _ in range(sentences):
+        lines.append(f"At {hour} o'clock the {thing} shows {COLOURS[colour]}.")
+        hour, colour = hour % 12 + 1, (colour + 1) % len(COLOURS)
     return " ".join(lines)
 
 
-def counting_corpus(documents: int, seed: int, sentences: int = 8) -> list[dict[str, str]]:
-    """`documents` JSONL-ready records `{"id", "text"}`."""
+def cycling_corpus(documents: int, seed: int) -> list[dict[str, str]]:
+    """`documents` JSONL-ready records `{"id", "text"}` of 4 to 12 sentences each.
+
+    Documents that start alike are near-duplicates, which `rlpt prepare` removes.
+    """
     rng = random.Random(seed)
-    return [{"id": f"count-{i:05d}", "text": counting_document(rng, sentences)}
+    return [{"id": f"cycle-{i:05d}", "text": cycling_document(rng, rng.randint(4, 12))}
             for i in range(documents)]
 
 
-def wrong_sentence(sentence: str, rng: random.Random) -> str:
-    """The same sentence with its number off by a small nonzero amount."""
-    words = sentence.split()
-    for i, w in enumerate(words):
-        if w.isdigit():
-            words[i] = str(int(w) + rng.choice([-3, -2, -1, 1, 2, 3]))
-            break
-    return " ".join(words)
+def warmup_examples(dataset: Any, task_cfg: Any, seed: int,
+                    correct_fraction: float = 0.5) -> Iterator[dict[str, str]]:
+    """SFT records that teach the prediction format: ASR and MSR prompts (mixed as `task_cfg`
+    says) of `dataset`'s triples, answered with the true sentence `correct_fraction` of the time
+    and else with the last sentence of the context repeated, so that RL has both kinds of
+    answer to choose between."""
+    from megatron_rlpt.tasks import Task, msr_probability, render_prompt
+
+    rng = random.Random(seed)
+    for i in range(len(dataset)):
+        context, target, next_segment = dataset.texts(i)
+        answer = target if rng.random() < correct_fraction else _last_sentence(context)
+        task = Task.MSR if rng.random() < msr_probability(task_cfg) else Task.ASR
+        prompt = render_prompt(task, context, next_segment, task_cfg)
+        yield {"prompt": prompt,
+               "response": f"<|startofprediction|>{answer}<|endofprediction|>"}
+
+
+def _last_sentence(text: str) -> str:
+    parts = [p for p in text.replace("\n", " ").split(". ") if p.strip()]
+    last = parts[-1].strip()
+    return last if last.endswith(".") else last + "."

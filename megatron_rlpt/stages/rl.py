@@ -52,6 +52,52 @@ def _mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return logits.masked_fill(~keep, -1e4)
 
 
+def pack_micro_batches(rows: list[dict[str, torch.Tensor]], micro_batch_size: int,
+                       pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """Right-pad sequences into micro-batches of `micro_batch_size` rows.
+
+    A rank that kept nothing gets one empty micro-batch (no loss tokens), so that every rank
+    takes part in the same collectives.
+    """
+    if not rows:
+        rows = [{"tokens": torch.tensor([pad_id]), "labels": torch.tensor([pad_id]),
+                 "loss_mask": torch.zeros(1), "old_logprobs": torch.zeros(1),
+                 "advantages": torch.zeros(1), "sample_weight": torch.tensor(0.0)}]
+    out = []
+    for i in range(0, len(rows), micro_batch_size):
+        chunk = rows[i : i + micro_batch_size]
+        s = max(len(r["tokens"]) for r in chunk)
+        mb: dict[str, torch.Tensor] = {}
+        for key in ("tokens", "labels", "loss_mask", "old_logprobs", "advantages"):
+            integer = key in ("tokens", "labels")
+            t = torch.full((len(chunk), s), pad_id if integer else 0,
+                           dtype=torch.long if integer else torch.float32)
+            for k, r in enumerate(chunk):
+                t[k, : len(r[key])] = r[key]
+            mb[key] = t
+        mb["sample_weight"] = torch.stack([r["sample_weight"] for r in chunk]).float()
+        mb["position_ids"] = torch.arange(s).expand(len(chunk), -1).contiguous()
+        out.append(mb)
+    return out
+
+
+def make_forward_step(vocab_size: int, loss_cfg: Any) -> Any:
+    """The `forward_step_func` of RL training: logits, then the policy-gradient loss."""
+
+    def forward_step(data_iterator: Any, model: Any) -> tuple:
+        from megatron.core import parallel_state as ps
+
+        batch = next(data_iterator)
+        output = model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                       attention_mask=None)
+        if ps.is_pipeline_last_stage(ignore_virtual=True):
+            output = _mask_padded_vocab(output, vocab_size)
+        return output, make_loss_func(batch, loss_cfg,
+                                      tp_group=ps.get_tensor_model_parallel_group())
+
+    return forward_step
+
+
 class RLStage:
     """One RLPT or RLVR optimizer step."""
 
@@ -139,41 +185,6 @@ class RLStage:
                 })
         return rows
 
-    def _micro_batches(self, rows: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        mbs = self.cfg.batch.micro_batch_size
-        pad = self.tokenizer.eos_token_id
-        if not rows:  # this rank kept nothing: one empty micro-batch keeps the collectives aligned
-            rows = [{"tokens": torch.tensor([pad]), "labels": torch.tensor([pad]),
-                     "loss_mask": torch.zeros(1), "old_logprobs": torch.zeros(1),
-                     "advantages": torch.zeros(1), "sample_weight": torch.tensor(0.0)}]
-        out = []
-        for i in range(0, len(rows), mbs):
-            chunk = rows[i : i + mbs]
-            s = max(len(r["tokens"]) for r in chunk)
-            mb: dict[str, torch.Tensor] = {}
-            for key in ("tokens", "labels", "loss_mask", "old_logprobs", "advantages"):
-                fill = pad if key in ("tokens", "labels") else 0
-                dtype = torch.long if key in ("tokens", "labels") else torch.float32
-                t = torch.full((len(chunk), s), fill, dtype=dtype)
-                for k, r in enumerate(chunk):
-                    t[k, : len(r[key])] = r[key]
-                mb[key] = t
-            mb["sample_weight"] = torch.stack([r["sample_weight"] for r in chunk]).float()
-            mb["position_ids"] = torch.arange(s).expand(len(chunk), -1).contiguous()
-            out.append(mb)
-        return out
-
-    def _forward_step(self, data_iterator: Any, model: Any) -> tuple:
-        from megatron.core import parallel_state as ps
-
-        batch = next(data_iterator)
-        output = model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
-                       attention_mask=None)
-        if ps.is_pipeline_last_stage(ignore_virtual=True):
-            output = _mask_padded_vocab(output, self.cfg.model.vocab_size)
-        return output, make_loss_func(batch, self.cfg.loss,
-                                      tp_group=ps.get_tensor_model_parallel_group())
-
     def step(self, step: int) -> dict[str, float]:
         from megatron.core import parallel_state as ps
 
@@ -190,7 +201,8 @@ class RLStage:
         valid = torch.tensor([r.valid for r in rollouts]).view(-1, g)
         adv = group_advantages(rewards, valid, self.cfg.grpo)
         rows = self._sequences(rollouts, adv.advantages, adv.keep)
-        batches = self._micro_batches(rows)
+        batches = pack_micro_batches(rows, self.cfg.batch.micro_batch_size,
+                                     self.tokenizer.eos_token_id)
         tokens, _ = attach_global_denominators(batches, ps.get_data_parallel_group())
 
         metrics = self._rollout_metrics(rollouts, adv, rewards, valid)
@@ -198,7 +210,8 @@ class RLStage:
             metrics.update(update_skipped=1.0)
         else:
             s = max(b["tokens"].shape[1] for b in batches)
-            metrics.update(train_step(self.state, self._forward_step, iter(batches), len(batches),
+            forward_step = make_forward_step(self.cfg.model.vocab_size, self.cfg.loss)
+            metrics.update(train_step(self.state, forward_step, iter(batches), len(batches),
                                       self.cfg.batch.micro_batch_size, s))
         t3 = time.perf_counter()
         metrics.update({"time/rollout_s": t1 - t0, "time/judge_s": t2 - t1,

@@ -41,30 +41,14 @@ def _dtype_kwarg(dtype: Any) -> dict[str, Any]:
 
 
 def policy_logprobs(logits: Any, sampling: SamplingParams) -> Any:
-    """Log-probabilities of the distribution to sample from, for a `[rows, vocab]` logits tensor.
-
-    Temperature scales the logits; top-k keeps the k largest; top-p keeps the smallest set of
-    most likely tokens whose mass reaches `top_p`. Temperature 0 leaves the logits as they are
-    (the caller takes the argmax).
-    """
+    """Log-probabilities of the distribution to sample from, for a `[rows, vocab]` logits tensor
+    (temperature, top-k and top-p as in `rollout.sampling.filtered_logits`; temperature 0 leaves
+    the logits as they are and the caller takes the argmax)."""
     import torch
 
-    logits = logits.float()
-    if sampling.temperature <= 0:
-        return torch.log_softmax(logits, dim=-1)
-    logits = logits / sampling.temperature
-    vocab = logits.shape[-1]
-    if 0 < sampling.top_k < vocab:
-        kth = torch.topk(logits, sampling.top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if sampling.top_p < 1.0:
-        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-        probs = torch.softmax(sorted_logits, dim=-1)
-        before = torch.cumsum(probs, dim=-1) - probs  # mass of the strictly likelier tokens
-        drop_sorted = before >= sampling.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        logits = logits.masked_fill(drop, float("-inf"))
-    return torch.log_softmax(logits, dim=-1)
+    from megatron_rlpt.rollout.sampling import filtered_logits
+
+    return torch.log_softmax(filtered_logits(logits, sampling), dim=-1)
 
 
 class HFEngine:

@@ -40,18 +40,6 @@ class Rollout:
     valid: list[bool] = field(default_factory=list)
 
 
-def _mask_padded_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """Give padded vocabulary rows no probability (the sampler never draws them either)."""
-    from megatron.core import parallel_state as ps
-
-    shard = logits.shape[-1]
-    start = ps.get_tensor_model_parallel_rank() * shard
-    if start + shard <= vocab_size:
-        return logits
-    keep = torch.arange(start, start + shard, device=logits.device) < vocab_size
-    return logits.masked_fill(~keep, -1e4)
-
-
 def pack_micro_batches(rows: list[dict[str, torch.Tensor]], micro_batch_size: int,
                        pad_id: int) -> list[dict[str, torch.Tensor]]:
     """Right-pad sequences into micro-batches of `micro_batch_size` rows.
@@ -90,9 +78,8 @@ def make_forward_step(vocab_size: int, loss_cfg: Any) -> Any:
         batch = next(data_iterator)
         output = model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
                        attention_mask=None)
-        if ps.is_pipeline_last_stage(ignore_virtual=True):
-            output = _mask_padded_vocab(output, vocab_size)
-        return output, make_loss_func(batch, loss_cfg,
+        # Padded vocabulary rows stay out of the softmax: the sampler never draws them either.
+        return output, make_loss_func(batch, loss_cfg, vocab_size=vocab_size,
                                       tp_group=ps.get_tensor_model_parallel_group())
 
     return forward_step

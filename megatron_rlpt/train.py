@@ -19,8 +19,6 @@ from megatron_rlpt.errors import UsageError
 from megatron_rlpt.utils.config import to_dict
 from megatron_rlpt.utils.io import atomic_write_text
 
-MODEL_CONFIG_FILE = "model_config.json"
-
 
 def _make_stage(cfg: TrainConfig, state: Any, tokenizer: Any) -> Any:
     if cfg.run.stage in ("pretrain", "sft"):
@@ -60,11 +58,12 @@ def _load_tokenizer(cfg: TrainConfig) -> Any:
 
 
 def _save_run_files(cfg: TrainConfig, run_dir: Path, tokenizer: Any) -> None:
-    import json
+    """The resolved config, and beside the checkpoints what `rlpt convert` needs to export them."""
+    from megatron_rlpt.convert import save_model_config
 
     atomic_write_text(run_dir / "config.yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False))
     ckpt_root = run_dir / "checkpoints"
-    atomic_write_text(ckpt_root / MODEL_CONFIG_FILE, json.dumps(cfg.model.to_dict(), indent=2))
+    save_model_config(ckpt_root, cfg.model)
     tokenizer.save_pretrained(str(ckpt_root / "tokenizer"))
 
 

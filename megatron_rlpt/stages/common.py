@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
 import torch
 
 from megatron_rlpt.errors import UsageError
@@ -31,3 +36,37 @@ def micro_batches(rows: dict[str, torch.Tensor], size: int) -> list[dict[str, to
     if n % size:
         raise UsageError(f"{n} sequences per rank are not divisible by micro_batch_size {size}")
     return [{k: v[i : i + size] for k, v in rows.items()} for i in range(0, n, size)]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, epoch: int, size: int) -> np.ndarray:
+    return np.random.default_rng([seed, epoch]).permutation(size)
+
+
+def order_index(position: int, size: int, seed: int) -> int:
+    """The item at `position` of the endless data order: a fresh seeded shuffle of `size` items
+    each epoch. The shuffle is computed once per epoch, not once per item."""
+    epoch, i = divmod(position, size)
+    return int(_epoch_order(seed, epoch, size)[i])
+
+
+def read_jsonl_fields(path: str | Path, keys: tuple[str, ...]) -> list[tuple[str, ...]]:
+    """The `keys` of every record of a JSONL file, as strings; a bad line is a UsageError
+    naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path} does not exist")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                rows.append(tuple(str(record[k]) for k in keys))
+            except (json.JSONDecodeError, KeyError, TypeError) as err:
+                wanted = " and ".join(repr(k) for k in keys)
+                raise UsageError(f"{path}:{n}: expected a JSON object with {wanted}") from err
+    if not rows:
+        raise UsageError(f"{path} holds no records")
+    return rows

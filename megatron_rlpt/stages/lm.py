@@ -9,7 +9,6 @@ exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -17,21 +16,17 @@ import numpy as np
 import torch
 
 from megatron_rlpt.errors import UsageError
-from megatron_rlpt.stages.common import global_positions, micro_batches
+from megatron_rlpt.stages.common import (
+    global_positions,
+    micro_batches,
+    order_index,
+    read_jsonl_fields,
+)
 
 
 def _read_texts(path: Path, key: str = "text") -> list[str]:
     if path.suffix == ".jsonl":
-        texts = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    texts.append(json.loads(line)[key])
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise UsageError(f"{path}:{n}: expected a JSON object with {key!r}") from err
-        return texts
+        return [text for (text,) in read_jsonl_fields(path, (key,))]
     return [path.read_text(encoding="utf-8")]
 
 
@@ -73,9 +68,7 @@ class PretrainData:
                 "position_ids": torch.arange(s).expand(n, -1).contiguous()}
 
     def _window(self, position: int) -> np.ndarray:
-        epoch, i = divmod(position, self.num_windows)
-        order = np.random.default_rng([self.seed, epoch]).permutation(self.num_windows)
-        start = int(order[i]) * self.seq_length
+        start = order_index(position, self.num_windows, self.seed) * self.seq_length
         return self.tokens[start : start + self.seq_length + 1]
 
 
@@ -85,21 +78,7 @@ class SFTData:
     def __init__(self, path: str, tokenizer: Any, seq_length: int, seed: int,
                  prompt_key: str, response_key: str) -> None:
         self.tokenizer, self.seq_length, self.seed = tokenizer, seq_length, seed
-        p = Path(path)
-        if not p.is_file():
-            raise UsageError(f"sft data {path} does not exist")
-        self.examples = []
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    self.examples.append((str(row[prompt_key]), str(row[response_key])))
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise UsageError(f"{path}:{n}: expected {prompt_key!r} and {response_key!r}") from err
-        if not self.examples:
-            raise UsageError(f"{path} holds no examples")
+        self.examples = read_jsonl_fields(path, (prompt_key, response_key))
 
     def encode(self, prompt: str, response: str) -> tuple[list[int], int]:
         """Token ids of the whole conversation and how many of them are the prompt."""
@@ -119,9 +98,8 @@ class SFTData:
         tokens = torch.full((n, s + 1), self.tokenizer.eos_token_id, dtype=torch.long)
         mask = torch.zeros(n, s)
         for r, pos in enumerate(positions):
-            epoch, i = divmod(pos, len(self.examples))
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(self.examples))
-            ids, n_prompt = self.encode(*self.examples[int(order[i])])
+            example = self.examples[order_index(pos, len(self.examples), self.seed)]
+            ids, n_prompt = self.encode(*example)
             ids = ids[: s + 1]
             tokens[r, : len(ids)] = torch.tensor(ids)
             # Label j predicts token j+1: train where that token belongs to the response.

@@ -6,15 +6,12 @@ weight, what the reward needs) and knows how to score completions of it.
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from megatron_rlpt.errors import UsageError
+from megatron_rlpt.stages.common import order_index, read_jsonl_fields
 
 RLVR_INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
 
@@ -31,11 +28,6 @@ class Prompt:
     """RLPT: the judge's reference text. RLVR: the gold answer."""
     target: str | None = None
     """RLPT: s_i alone (for the strict reward)."""
-
-
-def _order_index(position: int, size: int, seed: int) -> int:
-    epoch, i = divmod(position, size)
-    return int(np.random.default_rng([seed, epoch]).permutation(size)[i])
 
 
 class PromptSource:
@@ -70,7 +62,7 @@ class RLPTSource(PromptSource):
         from megatron_rlpt.tasks import Task, msr_probability, render_prompt, task_loss_weight
 
         t = self.cfg.task
-        index = _order_index(position, len(self.dataset), self.cfg.run.seed)
+        index = order_index(position, len(self.dataset), self.cfg.run.seed)
         context, target, next_segment = self.dataset.texts(index)
         task = Task.MSR if rng.random() < msr_probability(t) else Task.ASR
         text = render_prompt(task, context, next_segment, t, self.templates,
@@ -100,27 +92,12 @@ class RLVRSource(PromptSource):
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
-        path = Path(cfg.data.path)
-        if not path.is_file():
-            raise UsageError(f"rlvr data {path} does not exist")
-        self.rows: list[tuple[str, str]] = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                    self.rows.append((str(row[cfg.data.prompt_key]), str(row[cfg.data.answer_key])))
-                except (json.JSONDecodeError, KeyError, TypeError) as err:
-                    raise UsageError(f"{path}:{n}: expected {cfg.data.prompt_key!r} and "
-                                     f"{cfg.data.answer_key!r}") from err
-        if not self.rows:
-            raise UsageError(f"{path} holds no problems")
+        self.rows = read_jsonl_fields(cfg.data.path, (cfg.data.prompt_key, cfg.data.answer_key))
 
     def prompt(self, position: int, rng: random.Random) -> Prompt:
         from megatron_rlpt.tasks import apply_chat
 
-        problem, answer = self.rows[_order_index(position, len(self.rows), self.cfg.run.seed)]
+        problem, answer = self.rows[order_index(position, len(self.rows), self.cfg.run.seed)]
         text = f"{problem}\n{RLVR_INSTRUCTION}"
         if self.cfg.task.chat_template:
             text = apply_chat(text, self.tokenizer, self.cfg.task.system_prompt)

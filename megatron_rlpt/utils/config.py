@@ -140,17 +140,21 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> T:
     """Build `cls` from an optional YAML file and `key=value` overrides (overrides win)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-        except OSError as err:
-            raise UsageError(f"cannot read config {path}: {err.strerror}") from err
-        except yaml.YAMLError as err:
-            raise UsageError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-        if not isinstance(data, dict):
-            raise UsageError(f"config {path} must be a mapping at the top level")
+    data = read_yaml_mapping(path) if path is not None else {}
     return from_dict(cls, _merge(data, parse_overrides(overrides or [])))
+
+
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """A YAML file's top-level mapping; unreadable or malformed files are one-line UsageErrors."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise UsageError(f"cannot read config {path}: {err.strerror}") from err
+    except yaml.YAMLError as err:
+        raise UsageError(f"config {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(data, dict):
+        raise UsageError(f"config {path}: expected a mapping at the top level")
+    return data
 
 
 def field_docs(cls: type) -> dict[str, str]:

@@ -24,6 +24,7 @@ from megatron_rlpt.algo.grpo import group_advantages
 from megatron_rlpt.algo.loss import attach_global_denominators, make_loss_func
 from megatron_rlpt.errors import UsageError
 from megatron_rlpt.rollout.base import SamplingParams
+from megatron_rlpt.rollout.factory import build_rollout_engine, push_weights
 from megatron_rlpt.stages.common import data_parallel_share
 from megatron_rlpt.stages.prompts import PromptSource, build_prompt_source
 
@@ -93,20 +94,12 @@ class RLStage:
 
         self.cfg, self.state, self.tokenizer = cfg, state, tokenizer
         self.source: PromptSource = build_prompt_source(cfg, tokenizer)
-        self.engine = self._build_engine()
+        self.engine = build_rollout_engine(cfg, state, tokenizer)
         self.is_judge_rank = ps.get_tensor_model_parallel_rank() == 0
         self.judge = self.source.make_judge() if self.is_judge_rank else None
         if cfg.loss.temperature != cfg.rollout.temperature:
             raise UsageError("loss.temperature must equal rollout.temperature: the loss compares "
                              "log-probs of the distribution the rollouts were sampled from")
-
-    def _build_engine(self) -> Any:
-        kind = self.cfg.rollout.engine
-        if kind == "megatron":
-            from megatron_rlpt.rollout.megatron_engine import MegatronEngine
-
-            return MegatronEngine(self.state.chunks, self.tokenizer, self.cfg.model)
-        raise UsageError(f"rollout.engine={kind!r} is not available in this version; use megatron")
 
     # -- rollout and reward -------------------------------------------------------------------
 
@@ -200,6 +193,7 @@ class RLStage:
             forward_step = make_forward_step(self.cfg.model.vocab_size, self.cfg.loss)
             metrics.update(train_step(self.state, forward_step, iter(batches), len(batches),
                                       self.cfg.batch.micro_batch_size, s))
+            push_weights(self.engine, self.state, self.cfg)
         t3 = time.perf_counter()
         metrics.update({"time/rollout_s": t1 - t0, "time/judge_s": t2 - t1,
                         "time/train_s": t3 - t2, "train/tokens": float(tokens),

@@ -101,6 +101,10 @@ class RolloutConfig:
     """Longest prompt; longer contexts are cut from the left before the template is applied."""
     stop: list[str] = field(default_factory=lambda: ["<|endofprediction|>"])
     """Stop strings (kept in the response)."""
+    judge_chunk_prompts: int = 8
+    """Prompts per engine call. Each finished chunk is judged on a background thread while the
+    next one is generated, so judge latency hides behind generation; 0 sends all of a rank's
+    prompts in one call (no overlap)."""
     endpoints: list[str] = field(default_factory=list)
     """`sglang`: server base URLs."""
 

@@ -30,6 +30,11 @@ def _make_stage(cfg: TrainConfig, state: Any, tokenizer: Any) -> Any:
     return RLStage(cfg, state, tokenizer)
 
 
+def _stage_state(stage: Any) -> dict[str, Any]:
+    """What the stage needs saved beside the step to resume its data order."""
+    return stage.state_dict() if hasattr(stage, "state_dict") else {}
+
+
 def _tokenizer_path(cfg: TrainConfig) -> Path:
     """data.tokenizer, else the one `rlpt prepare` recorded, else the shipped tokenizer."""
     import json
@@ -121,10 +126,11 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     tokenizer = _load_tokenizer(cfg)
     state = setup_training(cfg.model, cfg.parallel, cfg.optim, total_steps=cfg.run.steps)
 
-    start_step = 0
+    start_step, resumed = 0, None
     latest = latest_checkpoint(ckpt_root) if cfg.run.resume else None
     if latest is not None:
-        start_step = load_checkpoint(latest, state.chunks, state.optimizer, state.scheduler)["step"]
+        resumed = load_checkpoint(latest, state.chunks, state.optimizer, state.scheduler)
+        start_step = resumed["step"]
     elif cfg.run.init_from:
         load_checkpoint(cfg.run.init_from, state.chunks, restore_rng=False)
     if rank0:
@@ -132,6 +138,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     torch.distributed.barrier()
 
     stage = _make_stage(cfg, state, tokenizer)
+    if resumed is not None and hasattr(stage, "load_state_dict"):
+        stage.load_state_dict(resumed)
     logger = MetricsLogger(run_dir, cfg.run.steps, start_step, to_dict(cfg), cfg.run.wandb,
                            enabled=rank0, progress=cfg.run.progress)
     metrics: dict[str, float] = {}
@@ -145,7 +153,8 @@ def train(cfg: TrainConfig) -> dict[str, float]:
             stopping = stop.agreed()
             if step % cfg.run.save_every == 0 or step == cfg.run.steps or stopping:
                 save_checkpoint(ckpt_root, step, state.chunks, state.optimizer, state.scheduler,
-                                trainer_state={"stage": cfg.run.stage}, keep_last=cfg.run.keep_last)
+                                trainer_state={"stage": cfg.run.stage, **_stage_state(stage)},
+                                keep_last=cfg.run.keep_last)
             if stopping:
                 if rank0:
                     print(f"rlpt train: {stop.received or 'a signal'} received; saved step {step} "

@@ -97,6 +97,7 @@ class SFTData:
         n = len(positions)
         tokens = torch.full((n, s + 1), self.tokenizer.eos_token_id, dtype=torch.long)
         mask = torch.zeros(n, s)
+        longest = 1
         for r, pos in enumerate(positions):
             example = self.examples[order_index(pos, len(self.examples), self.seed)]
             ids, n_prompt = self.encode(*example)
@@ -104,8 +105,11 @@ class SFTData:
             tokens[r, : len(ids)] = torch.tensor(ids)
             # Label j predicts token j+1: train where that token belongs to the response.
             mask[r, max(n_prompt - 1, 0) : len(ids) - 1] = 1
+            longest = max(longest, len(ids) - 1)
+        # Pad to the batch's longest conversation, not to seq_length: no compute on padding.
+        tokens, mask = tokens[:, : longest + 1], mask[:, :longest]
         return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": mask,
-                "position_ids": torch.arange(s).expand(n, -1).contiguous()}
+                "position_ids": torch.arange(longest).expand(n, -1).contiguous()}
 
 
 class LMStage:
@@ -126,7 +130,8 @@ class LMStage:
         b = self.cfg.batch
         positions = global_positions(step, b.sequences_per_step)
         batches = micro_batches(self.data.rows(positions), b.micro_batch_size)
+        seq_length = max(mb["tokens"].shape[1] for mb in batches)
         metrics = train_step(self.state, next_token_forward_step, iter(batches), len(batches),
-                             b.micro_batch_size, self.cfg.data.seq_length)
+                             b.micro_batch_size, seq_length)
         metrics["loss"] = metrics.pop("lm_loss")
         return metrics

@@ -107,8 +107,9 @@ class SFTData:
             mask[r, max(n_prompt - 1, 0) : len(ids) - 1] = 1
             longest = max(longest, len(ids) - 1)
         # Pad to the batch's longest conversation, not to seq_length: no compute on padding.
-        tokens, mask = tokens[:, : longest + 1], mask[:, :longest]
-        return {"tokens": tokens[:, :-1], "labels": tokens[:, 1:], "loss_mask": mask,
+        tokens, mask = tokens[:, : longest + 1], mask[:, :longest].contiguous()
+        return {"tokens": tokens[:, :-1].contiguous(), "labels": tokens[:, 1:].contiguous(),
+                "loss_mask": mask,
                 "position_ids": torch.arange(longest).expand(n, -1).contiguous()}
 
 

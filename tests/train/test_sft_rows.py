@@ -40,6 +40,8 @@ def test_batch_is_padded_to_its_longest_conversation_and_cut_at_seq_length(tmp_p
     assert rows["tokens"].shape == (2, longest - 1)
     assert rows["labels"].shape == rows["loss_mask"].shape == rows["position_ids"].shape
     assert torch.equal(rows["position_ids"][1], torch.arange(longest - 1))
+    # The loss flattens these with view(): they must be contiguous, not slices of wider tensors.
+    assert all(rows[k].is_contiguous() for k in ("tokens", "labels", "loss_mask"))
 
     cut = _data(tmp_path, records, seq_length=16).rows([0, 1])
     assert cut["tokens"].shape[1] <= 16

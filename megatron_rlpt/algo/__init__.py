@@ -1,7 +1,7 @@
 """The RL algorithm: GRPO advantages and dynamic sampling, chunked vocab-parallel log-probs and
 the policy-gradient loss in Megatron's `loss_func` contract."""
 
-from megatron_rlpt.algo.grpo import GroupAdvantages, GroupCollector, GRPOConfig, group_advantages
+from megatron_rlpt.algo.grpo import GroupAdvantages, GRPOConfig, group_advantages
 from megatron_rlpt.algo.logprobs import (
     fused_output_logprobs,
     output_layer_bypass,
@@ -17,7 +17,6 @@ from megatron_rlpt.algo.loss import (
 __all__ = [
     "GRPOConfig",
     "GroupAdvantages",
-    "GroupCollector",
     "LossConfig",
     "attach_global_denominators",
     "fused_output_logprobs",

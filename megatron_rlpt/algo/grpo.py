@@ -3,18 +3,16 @@
 Rewards arrive as `[groups, G]` with a validity mask from the judge. A group that holds a
 failed judgement is dropped whole: its mean and spread would be those of a different group.
 A group whose valid rewards are all equal teaches nothing (zero advantage everywhere) and is
-dropped too when dynamic sampling is on; the trainer refills the batch from more rollouts.
+dropped too when dynamic sampling is on; the trainer refills the batch from more rollouts
+(`stages/rl.py`, up to `max_sampling_rounds`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, Literal, TypeVar
+from typing import Literal
 
 import torch
-
-T = TypeVar("T")
 
 
 @dataclass
@@ -98,36 +96,3 @@ def group_advantages(rewards: torch.Tensor, valid: torch.Tensor, cfg: GRPOConfig
     # Zero in dropped groups, and exactly zero in equal-reward groups that are kept.
     adv = torch.where((keep & ~zero_variance).unsqueeze(1), adv, torch.zeros_like(adv))
     return GroupAdvantages(adv, keep, failed, zero_variance)
-
-
-class GroupCollector(Generic[T]):
-    """Collects kept groups across rollout rounds until a batch is full (dynamic sampling).
-
-    `add(groups, keep)` takes one round's groups and their keep mask; `full` says when
-    `target` groups are in; `take()` returns exactly `target` (or all there are, if fewer).
-    """
-
-    def __init__(self, target: int) -> None:
-        if target < 1:
-            raise ValueError("target must be at least 1")
-        self.target = target
-        self.groups: list[T] = []
-        self.seen = 0
-        self.dropped = 0
-
-    def add(self, groups: Iterable[T], keep: Iterable[bool]) -> None:
-        for group, k in zip(groups, keep):
-            self.seen += 1
-            if bool(k):
-                self.groups.append(group)
-            else:
-                self.dropped += 1
-
-    @property
-    def full(self) -> bool:
-        return len(self.groups) >= self.target
-
-    def take(self) -> list[T]:
-        """The batch's groups; surplus kept groups are discarded (they are off-policy next step)."""
-        batch, self.groups = self.groups[: self.target], []
-        return batch

@@ -7,7 +7,7 @@ import statistics
 import pytest
 import torch
 
-from megatron_rlpt.algo.grpo import GroupCollector, GRPOConfig, group_advantages
+from megatron_rlpt.algo.grpo import GRPOConfig, group_advantages
 from megatron_rlpt.reward.base import JudgeResult, JudgeStatus
 from megatron_rlpt.reward.scoring import rewards_tensor
 
@@ -77,13 +77,3 @@ def test_judge_results_to_advantages() -> None:
     assert out.advantages[0, 0] > 0 and out.advantages[0, 2] < 0
     with pytest.raises(ValueError):
         rewards_tensor(results[:3], group_size=2)
-
-
-def test_group_collector_refills_a_batch() -> None:
-    collector: GroupCollector[str] = GroupCollector(target=3)
-    collector.add(["a", "b", "c"], [True, False, False])
-    assert not collector.full
-    collector.add(["d", "e", "f"], torch.tensor([False, True, True]))
-    assert collector.full and collector.seen == 6 and collector.dropped == 3
-    assert collector.take() == ["a", "e", "f"]
-    assert not collector.full

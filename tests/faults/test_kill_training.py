@@ -1,0 +1,107 @@
+"""A training run killed with SIGKILL at 5 random points, resumed after each, ends exactly where
+an uninterrupted run does: the same losses, one metrics line per step, the same final weights.
+
+The kill points are seeded: each is either "while checkpoint k is being saved" (as soon as its
+staging directory appears) or "a random moment after checkpoint k is complete" (mid-step).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from megatron_rlpt.synthetic import cycling_corpus
+from tests.multirank import REPO_ROOT, run_multirank
+
+STEPS, KILLS = 12, 5
+
+
+def _config(tmp: Path, out: Path) -> Path:
+    corpus = tmp / "corpus.jsonl"
+    if not corpus.exists():
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in cycling_corpus(40, 3)))
+    cfg = {
+        "run": {"stage": "pretrain", "output_dir": str(out), "steps": STEPS, "save_every": 1,
+                "keep_last": 2, "progress": False, "wandb": {"mode": "disabled"}},
+        "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128,
+                  "num_attention_heads": 4, "num_query_groups": 2, "vocab_size": 8192,
+                  "max_position_embeddings": 64},
+        "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "min_lr": 1e-4},
+        "data": {"path": str(corpus), "seq_length": 64},
+        "batch": {"sequences_per_step": 8, "micro_batch_size": 4},
+    }
+    path = tmp / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(cfg: Path) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "megatron_rlpt.cli", "train", "--config",
+                             str(cfg)], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def _finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_five_kills_and_resumes_match_an_uninterrupted_run(tmp_path: Path):
+    straight_cfg = _config(tmp_path, tmp_path / "straight")
+    _finish(_train(straight_cfg))
+
+    rng = random.Random(20261123)
+    steps = sorted(rng.sample(range(1, STEPS), KILLS))
+    plan = [(s, rng.choice(["saving", "after"]), rng.uniform(0.0, 1.5)) for s in steps]
+    run = tmp_path / "killed"
+    cfg = _config(tmp_path, run)
+    ckpts = run / "checkpoints"
+    hit = []
+    for step, kind, delay in plan:
+        staging = ckpts / f".iter_{step:07d}.partial"
+        final = ckpts / f"iter_{step:07d}"
+        proc = _train(cfg)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            if kind == "saving" and staging.exists():
+                break
+            if final.exists():
+                if kind == "after":
+                    time.sleep(delay)
+                break
+            time.sleep(0.002)
+        assert proc.poll() is None, f"the run ended before the kill at step {step}"
+        # What the kill interrupted: a save in progress, or the steps after a complete one.
+        hit.append((step, "saving" if staging.exists() and not final.exists() else "after"))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+        assert proc.returncode == -signal.SIGKILL
+        assert not (ckpts / f"iter_{STEPS:07d}").exists()
+    _finish(_train(cfg))
+    print(f"kills (step, interrupted): {hit}")
+
+    straight, resumed = _metrics(tmp_path / "straight"), _metrics(run)
+    assert [m["step"] for m in resumed] == list(range(1, STEPS + 1))  # none lost, none repeated
+    for a, b in zip(straight, resumed):
+        assert (a["step"], a["loss"], a["grad_norm"], a["lr"]) == \
+            (b["step"], b["loss"], b["grad_norm"], b["lr"])
+    assert not list(ckpts.glob(".*.partial"))  # every interrupted save was cleaned up or redone
+    diff = run_multirank("tests.train.workers:checkpoint_weights_diff", nproc=1,
+                         config=str(straight_cfg), ckpt_a=str(tmp_path / "straight" / "checkpoints"),
+                         ckpt_b=str(ckpts))[0]
+    assert diff == 0.0

@@ -51,8 +51,9 @@ class LossConfig:
     paper."""
     entropy_coef: float = 0.0
     """Entropy bonus coefficient (subtracts c·H from the loss); 0: none."""
-    log_entropy: bool = False
-    """Compute the policy entropy as a metric even without a bonus (one more TP all-reduce)."""
+    log_entropy: bool = True
+    """Compute the policy entropy as a metric even without a bonus (one more TP all-reduce and
+    one more reduction per logits chunk; it enters the loss only through `entropy_coef`)."""
     logprob_mode: Literal["logits", "fused"] = "logits"
     """`logits`: log-probs from the model's vocab-parallel logits output; `fused`: from its
     final hidden states and the output weight, so no `[tokens, V/TP]` logits tensor or gradient

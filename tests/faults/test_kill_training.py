@@ -56,6 +56,13 @@ def _finish(proc: subprocess.Popen) -> None:
     assert proc.returncode == 0, out[-3000:]
 
 
+def _made_since(path: Path, t_ns: int) -> bool:
+    try:
+        return path.stat().st_mtime_ns >= t_ns
+    except FileNotFoundError:
+        return False
+
+
 def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
@@ -66,8 +73,8 @@ def test_five_kills_and_resumes_match_an_uninterrupted_run(tmp_path: Path):
     _finish(_train(straight_cfg))
 
     rng = random.Random(20261123)
-    steps = sorted(rng.sample(range(1, STEPS), KILLS))
-    plan = [(s, rng.choice(["saving", "after"]), rng.uniform(0.0, 1.5)) for s in steps]
+    steps = sorted(rng.sample(range(1, STEPS - 1), KILLS))
+    plan = [(s, rng.choice(["saving", "after"]), rng.uniform(0.0, 0.2)) for s in steps]
     run = tmp_path / "killed"
     cfg = _config(tmp_path, run)
     ckpts = run / "checkpoints"
@@ -75,23 +82,28 @@ def test_five_kills_and_resumes_match_an_uninterrupted_run(tmp_path: Path):
     for step, kind, delay in plan:
         staging = ckpts / f".iter_{step:07d}.partial"
         final = ckpts / f"iter_{step:07d}"
+        launched = time.time_ns()
         proc = _train(cfg)
         deadline = time.monotonic() + 600
         while proc.poll() is None and time.monotonic() < deadline:
-            if kind == "saving" and staging.exists():
+            if kind == "saving" and _made_since(staging, launched):  # not an earlier run's
                 break
             if final.exists():
-                if kind == "after":
-                    time.sleep(delay)
+                # "after": a random moment within the next step (at most its checkpoint save)
+                end = time.monotonic() + (delay if kind == "after" else 0.0)
+                nxt = ckpts / f".iter_{step + 1:07d}.partial"
+                while time.monotonic() < end and not nxt.exists():
+                    time.sleep(0.002)
                 break
             time.sleep(0.002)
         assert proc.poll() is None, f"the run ended before the kill at step {step}"
         # What the kill interrupted: a save in progress, or the steps after a complete one.
-        hit.append((step, "saving" if staging.exists() and not final.exists() else "after"))
+        saving = [p.name for p in ckpts.glob(".iter_*.partial")] if ckpts.exists() else []
+        hit.append((step, f"saving {saving[0]}" if saving else "mid-step"))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
         assert proc.returncode == -signal.SIGKILL
-        assert not (ckpts / f"iter_{STEPS:07d}").exists()
+        assert not (ckpts / f"iter_{STEPS:07d}").exists(), "the kill came after the last step"
     _finish(_train(cfg))
     print(f"kills (step, interrupted): {hit}")
 

@@ -1,22 +1,29 @@
-"""`rlpt quickstart` runs end to end on the CPU within its time budget.
+"""`rlpt quickstart` learns within its time budget, and an RLPT run resumes exactly.
 
 The quickstart prepares the shipped corpus, warms a tiny Megatron model up and runs seeded RLPT
-with the rule judge. The warmed-up policy answers in the prediction format, so rollouts,
-extraction and the judge must produce real rewards. (That RLPT raises the reward on this corpus
-within the quickstart's few steps is not shown yet; see issue notes.)
+with the rule judge on the corpus's lamp documents, where each sentence follows from the last by
+a fixed rule. The warmed-up policy already writes the prediction format but often gets the hour
+or colour wrong; RLPT must raise the mean reward by a clear margin within its steps.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from tests.multirank import REPO_ROOT
+import pytest
+import yaml
+
+from tests.multirank import REPO_ROOT, run_multirank
 
 BUDGET_S = 600  # the quickstart's promise on a 2-core CPU
+MARGIN = 0.1  # reward gain, mean of the last four steps over the first four
+pytestmark = pytest.mark.slow
 
 
 def _summary(stdout: str) -> dict[str, str]:
@@ -25,23 +32,88 @@ def _summary(stdout: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
-def test_quickstart_learns_within_budget(tmp_path: Path):
-    out = tmp_path / "qs"
+def _metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def quickstart(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, float]:
+    out = tmp_path_factory.mktemp("quickstart") / "qs"
     start = time.time()
     proc = subprocess.run([sys.executable, "-m", "megatron_rlpt.cli", "quickstart", "--output",
                            str(out)], capture_output=True, text=True, timeout=BUDGET_S + 300,
                           cwd=REPO_ROOT, env={**os.environ, "WANDB_MODE": "offline"})
-    elapsed = time.time() - start
+    return out, proc, time.time() - start
+
+
+def test_quickstart_learns_within_budget(quickstart):
+    out, proc, elapsed = quickstart
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rewards = [m["reward"] for m in _metrics(out / "rlpt")]
+    first, last = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
+    print(f"quickstart took {elapsed:.0f} s; rewards {[round(r, 2) for r in rewards]}")
+    assert last - first >= MARGIN, f"reward {first:.2f} -> {last:.2f}: RLPT did not learn"
     summary = _summary(proc.stdout)
-    first, second = (float(summary[f"RLPT reward, {half} half"]) for half in ("first", "second"))
-    assert first > 0.05 and second > 0.05, summary  # formatted predictions, some of them right
+    assert float(summary["RLPT reward, second half"]) > float(summary["RLPT reward, first half"])
     assert (out / "quickstart.png").stat().st_size > 10_000
     assert list((out / "rlpt" / "wandb").glob("offline-run-*"))
     assert (out / "rlpt" / "checkpoints" / "latest_checkpointed_iteration.txt").is_file()
     assert (out / "data" / "manifest.json").is_file()
-    print(f"quickstart took {elapsed:.0f} s")
     assert elapsed <= BUDGET_S, f"quickstart took {elapsed:.0f} s, over its {BUDGET_S} s budget"
+
+
+def _rlpt_config(qs: Path, out: Path, steps: int) -> Path:
+    """The quickstart's RLPT stage, from its warm-up checkpoint, checkpointing every 2 steps."""
+    cfg = yaml.safe_load((qs / "rlpt" / "config.yaml").read_text())
+    cfg["run"].update(output_dir=str(out), steps=steps, save_every=2, progress=False,
+                      wandb={"mode": "disabled"})
+    path = out.with_suffix(".yaml")
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(config: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "megatron_rlpt.cli", "train", "--config",
+                             str(config)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def test_rlpt_killed_and_resumed_matches_uninterrupted_run(quickstart, tmp_path: Path):
+    """Dynamic-sampling refills move the data cursor; a resumed run must pick it up exactly."""
+    qs, proc, _ = quickstart
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    straight = _train(_rlpt_config(qs, tmp_path / "straight", 4))
+    out, _ = straight.communicate(timeout=900)
+    assert straight.returncode == 0, out[-3000:]
+
+    killed_dir = tmp_path / "killed"
+    config = _rlpt_config(qs, killed_dir, 4)
+    run = _train(config)
+    marker = killed_dir / "checkpoints" / "iter_0000002" / "COMPLETE"
+    deadline = time.time() + 900
+    while not marker.exists() and run.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists(), run.communicate()[0][-3000:]
+    os.killpg(run.pid, signal.SIGKILL)
+    run.wait()
+    resumed = _train(config)
+    out, _ = resumed.communicate(timeout=900)
+    assert resumed.returncode == 0, out[-3000:]
+
+    keys = ("reward", "loss", "grad_norm", "grpo/sampling_rounds", "grpo/kept_groups")
+    a = _metrics(tmp_path / "straight")
+    b = {m["step"]: m for m in _metrics(killed_dir)}  # the resumed run's rows win
+    assert [m["step"] for m in a] == [1, 2, 3, 4]
+    assert any(m["grpo/sampling_rounds"] > 1 for m in a), "no refill happened: test is moot"
+    assert sorted(b) == [1, 2, 3, 4]
+    for m in a:
+        assert {k: b[m["step"]][k] for k in keys} == {k: m[k] for k in keys}, m["step"]
+    diff = run_multirank("tests.train.workers:checkpoint_weights_diff", nproc=1,
+                         config=str(config),
+                         ckpt_a=str(tmp_path / "straight" / "checkpoints" / "iter_0000004"),
+                         ckpt_b=str(killed_dir / "checkpoints" / "iter_0000004"))[0]
+    assert diff == 0.0
 
 
 def test_quickstart_refuses_a_used_output_dir(tmp_path: Path):

@@ -21,11 +21,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--output", default="runs/quickstart",
                    help="directory for all outputs; must not exist yet (default: %(default)s)")
-    p.add_argument("--warmup-steps", type=int, default=100, help="SFT steps (default: %(default)s)")
-    p.add_argument("--rl-steps", type=int, default=12, help="RLPT steps (default: %(default)s)")
-    p.add_argument("--prompts-per-step", type=int, default=8,
+    from megatron_rlpt.quickstart import QuickstartSettings
+
+    d = QuickstartSettings()
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps,
+                   help="SFT steps (default: %(default)s)")
+    p.add_argument("--rl-steps", type=int, default=d.rl_steps,
+                   help="RLPT steps (default: %(default)s)")
+    p.add_argument("--prompts-per-step", type=int, default=d.prompts_per_step,
                    help="RLPT prompts per step (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1234, help="random seed (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -15,6 +15,7 @@ from megatron_rlpt.algo.loss import LossConfig
 from megatron_rlpt.errors import UsageError
 from megatron_rlpt.metrics_log import WandbConfig
 from megatron_rlpt.reward.config import JudgeConfig
+from megatron_rlpt.rollout.vllm_engine import VLLMConfig
 from megatron_rlpt.runtime.distributed import ParallelConfig
 from megatron_rlpt.runtime.model import ModelConfig
 from megatron_rlpt.runtime.optim import OptimConfig
@@ -107,6 +108,8 @@ class RolloutConfig:
     prompts in one call (no overlap)."""
     endpoints: list[str] = field(default_factory=list)
     """`sglang`: server base URLs."""
+    vllm: VLLMConfig = field(default_factory=VLLMConfig)
+    """`vllm`: the vLLM sidecar."""
 
 
 @dataclass

@@ -14,6 +14,10 @@ def build_rollout_engine(cfg: Any, state: Any, tokenizer: Any) -> Any:
         from megatron_rlpt.rollout.megatron_engine import MegatronEngine
 
         return MegatronEngine(state.chunks, tokenizer, cfg.model)
+    if kind == "vllm":
+        from megatron_rlpt.rollout.vllm_engine import VLLMEngine
+
+        return VLLMEngine(state, tokenizer, cfg.model, cfg.rollout.vllm)
     raise UsageError(f"rollout.engine={kind!r} is not available in this version; use megatron")
 
 
@@ -24,5 +28,8 @@ def push_weights(engine: Any, state: Any, cfg: Any) -> None:
     samples from the training weights themselves, so it has nothing to receive.
     """
     if cfg.rollout.engine == "megatron":
+        return
+    if cfg.rollout.engine == "vllm":
+        engine.push()
         return
     raise UsageError(f"rollout.engine={cfg.rollout.engine!r} has no weight push")

@@ -296,6 +296,9 @@ class RLStage:
         }
 
     def close(self) -> None:
+        close_engine = getattr(self.engine, "close", None)
+        if close_engine is not None:
+            close_engine()
         if self.judge_pool is not None:
             self.judge_pool.shutdown(wait=True)
         if self.judge is not None:

@@ -17,31 +17,15 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from megatron_rlpt.synthetic import cycling_corpus
 from tests.multirank import REPO_ROOT, run_multirank
+from tests.train.test_resume import _config as resume_config
 
 STEPS, KILLS = 12, 5
 
 
 def _config(tmp: Path, out: Path) -> Path:
-    corpus = tmp / "corpus.jsonl"
-    if not corpus.exists():
-        corpus.write_text("".join(json.dumps(r) + "\n" for r in cycling_corpus(40, 3)))
-    cfg = {
-        "run": {"stage": "pretrain", "output_dir": str(out), "steps": STEPS, "save_every": 1,
-                "keep_last": 2, "progress": False, "wandb": {"mode": "disabled"}},
-        "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128,
-                  "num_attention_heads": 4, "num_query_groups": 2, "vocab_size": 8192,
-                  "max_position_embeddings": 64},
-        "optim": {"lr": 3e-3, "schedule": "cosine", "warmup_steps": 2, "min_lr": 1e-4},
-        "data": {"path": str(corpus), "seq_length": 64},
-        "batch": {"sequences_per_step": 8, "micro_batch_size": 4},
-    }
-    path = tmp / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
+    return resume_config(tmp, out, steps=STEPS, save_every=1, keep_last=2)
 
 
 def _train(cfg: Path) -> subprocess.Popen:

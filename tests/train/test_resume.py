@@ -23,13 +23,14 @@ def _rlpt(args: list[str], **kwargs) -> subprocess.Popen:
                             start_new_session=True, **kwargs)
 
 
-def _config(tmp: Path, out: Path) -> Path:
+def _config(tmp: Path, out: Path, **run: object) -> Path:
+    """A tiny pretraining run of 6 steps saving every 3; `run` overrides `run:` fields."""
     corpus = tmp / "corpus.jsonl"
     if not corpus.exists():
         corpus.write_text("".join(json.dumps(r) + "\n" for r in cycling_corpus(40, 3)))
     cfg = {
         "run": {"stage": "pretrain", "output_dir": str(out), "steps": 6, "save_every": 3,
-                "progress": False, "wandb": {"mode": "disabled"}},
+                "progress": False, "wandb": {"mode": "disabled"}, **run},
         "model": {"num_layers": 2, "hidden_size": 64, "ffn_hidden_size": 128,
                   "num_attention_heads": 4, "num_query_groups": 2, "vocab_size": 8192,
                   "max_position_embeddings": 64},

@@ -469,13 +469,14 @@ def prepare(inputs: list[str], output: str | Path, tokenizer: str | Path | None 
                 if quarantine is not None:
                     quarantine.close()
                 raise
-            (tmp / ".owner").unlink()
             manifest = _manifest(cfg, paths, reader, per_file, tokenizer_path, tok,
                                  contamination, docs_in, docs_out, dropped, counts, writer,
                                  dedup_index, tmp, PREFIX, tokenizer_identity, describe)
             # the directory itself is renamed into place atomically
             (tmp / "manifest.json").write_text(
                 json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            # Last, so that a run killed while hashing its outputs is still recognised as dead.
+            (tmp / ".owner").unlink()
     finally:
         bar.close()
         if pool is not None:
@@ -519,7 +520,7 @@ def _manifest(cfg, paths, reader, per_file, tokenizer_path, tok, contamination, 
                        "inexact_roundtrip": counts.get("triples.inexact_roundtrip", 0)}
     outputs = {}
     for f in sorted(tmp.iterdir()):
-        if f.is_file() and f.name != "manifest.json":
+        if f.is_file() and f.name not in ("manifest.json", ".owner"):
             outputs[f.name] = {"bytes": f.stat().st_size, "sha256": _sha256(f)}
     tok_info = tokenizer_identity(tokenizer_path)
     tok_info.update({"vocab_size": len(tok), "eos_token_id": tok.eos_token_id,

@@ -15,6 +15,7 @@ from megatron_rlpt.algo.loss import LossConfig
 from megatron_rlpt.errors import UsageError
 from megatron_rlpt.metrics_log import WandbConfig
 from megatron_rlpt.reward.config import JudgeConfig
+from megatron_rlpt.rollout.sglang_engine import SGLangConfig
 from megatron_rlpt.rollout.vllm_engine import VLLMConfig
 from megatron_rlpt.runtime.distributed import ParallelConfig
 from megatron_rlpt.runtime.model import ModelConfig
@@ -106,10 +107,10 @@ class RolloutConfig:
     """Prompts per engine call. Each finished chunk is judged on a background thread while the
     next one is generated, so judge latency hides behind generation; 0 sends all of a rank's
     prompts in one call (no overlap)."""
-    endpoints: list[str] = field(default_factory=list)
-    """`sglang`: server base URLs."""
     vllm: VLLMConfig = field(default_factory=VLLMConfig)
     """`vllm`: the vLLM sidecar."""
+    sglang: SGLangConfig = field(default_factory=SGLangConfig)
+    """`sglang`: the external SGLang servers."""
 
 
 @dataclass

@@ -18,6 +18,10 @@ def build_rollout_engine(cfg: Any, state: Any, tokenizer: Any) -> Any:
         from megatron_rlpt.rollout.vllm_engine import VLLMEngine
 
         return VLLMEngine(state, tokenizer, cfg.model, cfg.rollout.vllm)
+    if kind == "sglang":
+        from megatron_rlpt.rollout.sglang_engine import SGLangEngine
+
+        return SGLangEngine(state, tokenizer, cfg.model, cfg.rollout.sglang)
     raise UsageError(f"rollout.engine={kind!r} is not available in this version; use megatron")
 
 
@@ -29,7 +33,7 @@ def push_weights(engine: Any, state: Any, cfg: Any) -> None:
     """
     if cfg.rollout.engine == "megatron":
         return
-    if cfg.rollout.engine == "vllm":
+    if cfg.rollout.engine in ("vllm", "sglang"):
         engine.push()
         return
     raise UsageError(f"rollout.engine={cfg.rollout.engine!r} has no weight push")

@@ -39,8 +39,9 @@ class RunConfig:
     seed: int = 1234
     """Seed of data order, task mix, sampling and initialisation."""
     init_from: str | None = None
-    """Checkpoint to take the initial weights from (a previous stage's run directory or checkpoint,
-    or the output of `rlpt convert hf-to-megatron`); ignored when resuming."""
+    """Checkpoint to take the initial weights from: a previous stage's run directory (its newest
+    checkpoint), a checkpoint root, one iter_N directory, or the output of `rlpt convert
+    hf-to-megatron`; ignored when resuming."""
     resume: bool = True
     """Continue from the newest complete checkpoint under output_dir/checkpoints if there is one."""
     save_every: int = 50

@@ -41,14 +41,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     exp = sub.add_parser(
         "megatron-to-hf",
-        help="Megatron checkpoint (root or iter_N dir) -> Hugging Face directory",
+        help="Megatron checkpoint (run dir, root or iter_N dir) -> Hugging Face directory",
         description=(
             "Write config.json, generation_config.json, tokenizer files and sharded safetensors "
             "with an index. The model config comes from <root>/model_config.json; tokenizer and "
             "configs from --hf-template, else from <root>/tokenizer and <root>/hf."
         ),
     )
-    exp.add_argument("--ckpt", required=True, help="checkpoint root (latest iteration) or iter_N dir")
+    exp.add_argument("--ckpt", required=True, help="run directory of `rlpt train`, checkpoint root (newest "
+                     "iteration) or one iter_N dir")
     exp.add_argument("--out", required=True, help="output Hugging Face directory (created)")
     exp.add_argument("--hf-template", help="Hugging Face directory to take tokenizer and configs from")
     exp.add_argument("--dtype", choices=("float32", "bfloat16", "float16"),

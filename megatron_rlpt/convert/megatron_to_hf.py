@@ -22,7 +22,7 @@ import torch
 
 from megatron_rlpt.convert import hf_config, hf_files
 from megatron_rlpt.convert.hf_to_megatron import HF_TEMPLATE_DIR, TOKENIZER_DIR
-from megatron_rlpt.convert.model_config_file import MODEL_CONFIG_FILE, load_model_config
+from megatron_rlpt.convert.model_config_file import load_model_config
 from megatron_rlpt.errors import UsageError
 from megatron_rlpt.runtime.model import ModelConfig
 
@@ -49,21 +49,6 @@ class ExportPlan:
     """Dtype of the written weights; None keeps the checkpoint's."""
 
 
-def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
-    """(root, iter dir) for a checkpoint root or one `iter_NNNNNNN` directory in it."""
-    from megatron_rlpt.runtime.checkpoint import is_complete, latest_checkpoint
-
-    if not path.is_dir():
-        raise UsageError(f"checkpoint not found: {path}")
-    if is_complete(path):
-        root = path if (path / MODEL_CONFIG_FILE).is_file() else path.parent
-        return root, path
-    latest = latest_checkpoint(path)
-    if latest is None:
-        raise UsageError(f"no complete checkpoint (iter_*/COMPLETE) in {path}")
-    return path, latest
-
-
 def _template(root: Path, hf_template: Path | None, name: str) -> dict[str, Any] | None:
     for directory in ([hf_template] if hf_template else []) + [root / HF_TEMPLATE_DIR]:
         if (directory / name).is_file():
@@ -86,7 +71,10 @@ def _check_template(cfg: ModelConfig, template: dict[str, Any]) -> None:
 def plan_export(ckpt: str | os.PathLike, hf_template: str | os.PathLike | None = None,
                 dtype: str | None = None) -> ExportPlan:
     """Check the export's inputs (not the tensors); UsageError on the first problem."""
-    root, ckpt_dir = resolve_checkpoint(Path(ckpt))
+    from megatron_rlpt.runtime.checkpoint import resolve_checkpoint
+
+    ref = resolve_checkpoint(ckpt)
+    root, ckpt_dir = ref.root, ref.iter_dir
     cfg = load_model_config(root)
     template_dir = Path(hf_template) if hf_template else None
     if template_dir is not None and not template_dir.is_dir():

@@ -26,8 +26,11 @@ def _importable(module: str) -> bool:
 
 
 def is_megatron_checkpoint(path: Path) -> bool:
-    """Whether `path` is a Megatron checkpoint root or one `iter_*` dist-checkpoint in it."""
+    """Whether `path` is a run directory of `rlpt train`, a Megatron checkpoint root or one
+    `iter_*` dist-checkpoint in it."""
     if (path / "latest_checkpointed_iteration.txt").is_file():
+        return True
+    if (path / "checkpoints" / "latest_checkpointed_iteration.txt").is_file():
         return True
     if any(re.fullmatch(r"iter_\d{7,}", p.name) for p in path.iterdir() if p.is_dir()):
         return True

@@ -20,6 +20,7 @@ import logging
 import os
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,49 @@ def _step_of(path: Path) -> int:
 def _complete_checkpoints(root: Path) -> list[Path]:
     dirs = [p for p in root.iterdir() if _ITER_RE.match(p.name) and is_complete(p)]
     return sorted(dirs, key=_step_of)
+
+
+RUN_CHECKPOINTS = "checkpoints"
+"""Where `rlpt train` keeps its checkpoints inside a run directory."""
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """A checkpoint a user named, resolved to the directory that is read."""
+
+    root: Path
+    """The checkpoint root: holds the iteration directories (and, for our own roots,
+    model_config.json and tokenizer/)."""
+    iter_dir: Path
+    """The one iteration directory read."""
+
+
+def _is_checkpoint_root(path: Path) -> bool:
+    return (path / LATEST_FILE).is_file() or any(_ITER_RE.match(p.name) for p in path.iterdir())
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
+    """The checkpoint a user means by `path`: a run directory of `rlpt train` (its newest
+    checkpoint under checkpoints/), a checkpoint root (its newest complete iteration) or one
+    iteration directory. Every command that takes a checkpoint resolves it here.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise UsageError(f"checkpoint not found: {path}")
+    if is_complete(path):
+        from megatron_rlpt.convert.model_config_file import MODEL_CONFIG_FILE
+
+        root = path if (path / MODEL_CONFIG_FILE).is_file() else path.parent
+        return CheckpointRef(root=root, iter_dir=path)
+    root = path
+    if not _is_checkpoint_root(path) and (path / RUN_CHECKPOINTS).is_dir():
+        root = path / RUN_CHECKPOINTS  # a run directory
+    latest = latest_checkpoint(root)
+    if latest is None:
+        raise UsageError(
+            f"no complete checkpoint at {path} (expected a run directory of `rlpt train`, a "
+            "checkpoint root with iter_*/ directories, or one iter_* directory)")
+    return CheckpointRef(root=root, iter_dir=latest)
 
 
 def _unwrap_ddp(chunks: list[Any]) -> list[Any]:
@@ -226,19 +270,15 @@ def load_checkpoint(
     scheduler: Any = None,
     restore_rng: bool = True,
 ) -> dict[str, Any]:
-    """Load a checkpoint directory (or the latest one under a root) into the given objects.
+    """Load a checkpoint (run directory, root or iteration directory; see `resolve_checkpoint`)
+    into the given objects.
 
     The model may be laid out at any TP/PP. Returns the trainer state saved with it. RNG states
     are restored only when the world size matches the one that saved them.
     """
     from megatron.core import dist_checkpointing
 
-    path = Path(path)
-    if not is_complete(path):
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise UsageError(f"no complete checkpoint at {path}")
-        path = latest
+    path = resolve_checkpoint(path).iter_dir
 
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:

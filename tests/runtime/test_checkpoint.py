@@ -5,11 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from megatron_rlpt.errors import UsageError
 from megatron_rlpt.runtime.checkpoint import (
     COMPLETE_MARKER,
     LATEST_FILE,
     checkpoint_dir,
     latest_checkpoint,
+    resolve_checkpoint,
 )
 from tests.multirank import run_multirank
 
@@ -75,3 +77,35 @@ def test_partial_checkpoint_is_never_latest(tmp_path):
     (newer / COMPLETE_MARKER).write_text("20\n")
     assert latest_checkpoint(tmp_path) == newer
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _complete(root, step):
+    path = checkpoint_dir(root, step)
+    path.mkdir(parents=True)
+    (path / COMPLETE_MARKER).write_text(f"{step}\n")
+    return path
+
+
+def test_resolve_checkpoint_takes_run_dir_root_or_iter_dir(tmp_path):
+    """A run directory, its checkpoints root and one iteration directory all resolve, to the
+    newest complete checkpoint unless one is named."""
+    run = tmp_path / "runs" / "sft"
+    root = run / "checkpoints"
+    first, newest = _complete(root, 10), _complete(root, 20)
+    (root / LATEST_FILE).write_text("20\n")
+    for given in (run, root, str(root)):
+        ref = resolve_checkpoint(given)
+        assert (ref.root, ref.iter_dir) == (root, newest)
+    ref = resolve_checkpoint(first)
+    assert (ref.root, ref.iter_dir) == (root, first)
+
+
+def test_resolve_checkpoint_refusals(tmp_path):
+    with pytest.raises(UsageError, match="checkpoint not found"):
+        resolve_checkpoint(tmp_path / "missing")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    with pytest.raises(UsageError, match="no complete checkpoint at .*run directory"):
+        resolve_checkpoint(tmp_path / "run")
+    checkpoint_dir(tmp_path / "run" / "checkpoints", 5).mkdir()  # never completed
+    with pytest.raises(UsageError, match="no complete checkpoint"):
+        resolve_checkpoint(tmp_path / "run")

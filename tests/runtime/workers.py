@@ -153,13 +153,14 @@ def load_and_forward(ckpt: str, arch: str, tp: int, pp: int) -> dict[str, Any]:
     return {"logits": logits, "loss": loss, "step": trainer_state["step"]}
 
 
-def train_from(ckpt: str, arch: str, tp: int, pp: int, dist_opt: bool, steps: int) -> dict[str, Any]:
+def train_from(ckpt: str, arch: str, tp: int, pp: int, dist_opt: bool, steps: int,
+               micro: int = 1) -> dict[str, Any]:
     """Load the reference weights, take optimizer steps, report metrics and updated weights."""
     from megatron_rlpt.runtime.checkpoint import load_checkpoint
 
     state = _setup(arch, tp, pp, dist_opt=dist_opt)
     load_checkpoint(ckpt, state.chunks)
-    metrics = _train_steps(state, steps)
+    metrics = _train_steps(state, steps, micro=micro)
     weights = _gathered_weights(state)
     destroy_distributed()
     return {"metrics": metrics, "weights": weights}

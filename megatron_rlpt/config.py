@@ -40,8 +40,9 @@ class RunConfig:
     """Seed of data order, task mix, sampling and initialisation."""
     init_from: str | None = None
     """Checkpoint to take the initial weights from: a previous stage's run directory (its newest
-    checkpoint), a checkpoint root, one iter_N directory, or the output of `rlpt convert
-    hf-to-megatron`; ignored when resuming."""
+    checkpoint), a checkpoint root, one iter_N directory or the output of `rlpt convert
+    hf-to-megatron`; ignored when resuming. The model architecture and the tokenizer come from
+    it (see `model`)."""
     resume: bool = True
     """Continue from the newest complete checkpoint under output_dir/checkpoints if there is one."""
     save_every: int = 50
@@ -121,7 +122,10 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
     """What to run and where."""
     model: ModelConfig = field(default_factory=ModelConfig)
-    """The policy architecture."""
+    """The policy architecture. With `run.init_from` it comes from the checkpoint's
+    model_config.json and this section is optional: it may set
+    only params_dtype, fp8, transformer_impl, recompute_granularity, dropouts, init_method_std and
+    max_position_embeddings; any other field must equal the checkpoint's (docs/convert.md)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """TP / PP / CP layout (DP takes the remaining ranks)."""
     optim: OptimConfig = field(default_factory=OptimConfig)

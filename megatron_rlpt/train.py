@@ -35,14 +35,54 @@ def _stage_state(stage: Any) -> dict[str, Any]:
     return stage.state_dict() if hasattr(stage, "state_dict") else {}
 
 
-def _tokenizer_path(cfg: TrainConfig) -> Path:
-    """data.tokenizer, else the one `rlpt prepare` recorded, else the shipped tokenizer."""
+def _given_model_fields(cfg: TrainConfig) -> set[str]:
+    """Model fields a config built in Python sets: those that differ from the defaults."""
+    import dataclasses
+
+    from megatron_rlpt.runtime.model import ModelConfig
+
+    default = ModelConfig()
+    return {f.name for f in dataclasses.fields(ModelConfig)
+            if getattr(cfg.model, f.name) != getattr(default, f.name)}
+
+
+def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
+                       ) -> tuple[TrainConfig, Path | None]:
+    """Take the architecture from `run.init_from`'s checkpoint when it records one.
+
+    `model_fields` are the `model.*` keys the user wrote (YAML or overrides); None infers them
+    from the values that differ from the defaults. Of those, runtime knobs (dtype, recompute, ...)
+    apply over the checkpoint's config and architectural ones must agree with it. Returns the
+    config to train with and the tokenizer directory saved with the checkpoint (None if none).
+    """
+    import dataclasses
+
+    from megatron_rlpt.convert.checkpoint_model import checkpoint_model
+    from megatron_rlpt.convert.model_config_file import merge_model_config
+    from megatron_rlpt.runtime.checkpoint import resolve_checkpoint
+
+    if not cfg.run.init_from:
+        return cfg, None
+    found = checkpoint_model(resolve_checkpoint(cfg.run.init_from),
+                             tokenizer_hint=cfg.data.tokenizer)
+    if found.model is None:
+        return cfg, found.tokenizer
+    fields = _given_model_fields(cfg) if model_fields is None else set(model_fields)
+    model = merge_model_config(found.model, cfg.model, fields, found.source)
+    return dataclasses.replace(cfg, model=model), found.tokenizer
+
+
+def _tokenizer_path(cfg: TrainConfig, init_tokenizer: Path | None = None) -> Path:
+    """data.tokenizer, else the one saved with run.init_from's checkpoint, else the one
+    `rlpt prepare` recorded, else the shipped tokenizer."""
     import json
 
     from megatron_rlpt.data.tokenizer import default_tokenizer_path
 
     if cfg.data.tokenizer:
         return Path(cfg.data.tokenizer)
+    if init_tokenizer is not None:
+        return init_tokenizer
     manifest = Path(cfg.data.path) / "manifest.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
@@ -51,10 +91,10 @@ def _tokenizer_path(cfg: TrainConfig) -> Path:
     return default_tokenizer_path()
 
 
-def _load_tokenizer(cfg: TrainConfig) -> Any:
+def _load_tokenizer(cfg: TrainConfig, init_tokenizer: Path | None = None) -> Any:
     from megatron_rlpt.data.tokenizer import load_tokenizer
 
-    path = _tokenizer_path(cfg)
+    path = _tokenizer_path(cfg, init_tokenizer)
     tokenizer = load_tokenizer(path)
     if len(tokenizer) > cfg.model.vocab_size:
         raise UsageError(f"tokenizer {path} has {len(tokenizer)} tokens but model.vocab_size is "
@@ -109,8 +149,11 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-def train(cfg: TrainConfig) -> dict[str, float]:
-    """Run training as configured; returns the last step's metrics (rank 0's view)."""
+def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, float]:
+    """Run training as configured; returns the last step's metrics (rank 0's view).
+
+    `model_fields`: the `model.*` keys the user set (see `resolve_init_model`).
+    """
     import torch
 
     from megatron_rlpt.metrics_log import MetricsLogger
@@ -118,12 +161,13 @@ def train(cfg: TrainConfig) -> dict[str, float]:
     from megatron_rlpt.runtime.distributed import destroy_distributed, init_distributed
     from megatron_rlpt.runtime.step import setup_training
 
+    cfg, init_tokenizer = resolve_init_model(cfg, model_fields)
     cfg.validate()
     init_distributed(cfg.parallel, seed=cfg.run.seed)
     rank0 = torch.distributed.get_rank() == 0
     run_dir = Path(cfg.run.output_dir)
     ckpt_root = run_dir / "checkpoints"
-    tokenizer = _load_tokenizer(cfg)
+    tokenizer = _load_tokenizer(cfg, init_tokenizer)
     state = setup_training(cfg.model, cfg.parallel, cfg.optim, total_steps=cfg.run.steps)
 
     start_step, resumed = 0, None

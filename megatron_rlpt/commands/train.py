@@ -24,8 +24,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from megatron_rlpt.config import TrainConfig
     from megatron_rlpt.train import train
-    from megatron_rlpt.utils.config import load_config
+    from megatron_rlpt.utils.config import given_keys, load_config
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
-    train(cfg)
+    # What the user wrote under model: decides what may differ from run.init_from's checkpoint.
+    train(cfg, model_fields=set(given_keys(args.config, args.overrides).get("model") or {}))
     return 0

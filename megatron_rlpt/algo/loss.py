@@ -1,8 +1,13 @@
 """The GRPO policy-gradient loss in Megatron's `loss_func` contract.
 
-Per response token t of sequence j, with ratio r = exp(logp − logp_rollout) and advantage A_j:
+Per response token t of sequence j, with ratio r = exp(logp − logp_old) and advantage A_j:
 
-    l_t = −min(r·A_j, clip(r, 1−ε_low, 1+ε_high)·A_j)  [+ β·k3(π_ref‖π)]  [− c_H·H_t]
+    l_t = −w_t·min(r·A_j, clip(r, 1−ε_low, 1+ε_high)·A_j)  [+ β·k3(π_ref‖π)]  [− c_H·H_t]
+
+logp_old is the training model's log-prob at the rollout's weights (recomputed before the update,
+`old_logprobs=recompute`), and w_t = min(exp(logp_old − logp_engine), C) the truncated
+importance weight for the rollout engine's own numerics (1 without `engine_logprobs` or with
+`tis_cap` 0). See `LossConfig.old_logprobs` for the `engine` variant.
 
 The objective is a weighted sum over the *global* batch, Σ_t w_t·l_t, with
 
@@ -66,6 +71,18 @@ class LossConfig:
     ratio to compare like with like."""
     max_log_ratio: float = 20.0
     """|logp − logp_rollout| is clamped here before exp, so a stray token cannot overflow."""
+    old_logprobs: Literal["recompute", "engine"] = "recompute"
+    """Where the ratio's old log-probs come from. `recompute`: one forward-only pass of the
+    training model over the rollouts before the update, so the ratio is exactly 1 on the single
+    update and the clip is inactive, as in on-policy GRPO; the rollout engine's log-probs serve
+    only the mismatch metrics and the `tis_cap` correction. `engine`: no extra forward; the
+    engine's log-probs are the behaviour policy, corrected by the truncated importance weight
+    (with `tis_cap` 0, the ratio is taken against them and the clip acts on the train-inference
+    mismatch)."""
+    tis_cap: float = 2.0
+    """C of the truncated importance-sampling weight min(exp(logp_train_old − logp_engine), C)
+    that multiplies each token's policy-gradient term when the batch carries the engine's
+    log-probs; 0 disables it. It is 1 wherever the engine reproduces the training model."""
 
 
 # Keys of a micro-batch dict that `policy_loss` reads (`make_loss_func` also needs `labels`).
@@ -113,34 +130,91 @@ def token_weights(batch: dict[str, torch.Tensor], aggregation: str) -> torch.Ten
     raise ValueError(f"unknown aggregation {aggregation!r}; use 'token_mean' or 'seq_mean'")
 
 
+def _keep_max(extremes: dict[str, float], name: str, value: float) -> None:
+    extremes[name] = max(extremes.get(name, float("-inf")), value)
+
+
+def _old_and_engine_logprobs(
+    logp: torch.Tensor, batch: dict[str, torch.Tensor], cfg: LossConfig,
+) -> tuple[torch.Tensor, torch.Tensor | None, bool]:
+    """(old log-probs of the ratio, the engine's log-probs or None, whether TIS applies).
+
+    `old_logprobs` in the batch is the training model's recompute (`recompute` mode) or, in
+    `engine` mode and without `engine_logprobs`, the engine's own.
+    """
+    if cfg.old_logprobs not in ("recompute", "engine"):
+        raise ValueError(f"unknown old_logprobs {cfg.old_logprobs!r}; use 'recompute' or 'engine'")
+    engine = batch.get("engine_logprobs")
+    if cfg.old_logprobs == "recompute":
+        old = batch["old_logprobs"].float().to(logp.device)
+        engine = None if engine is None else engine.float().to(logp.device)
+        return old, engine, engine is not None and cfg.tis_cap > 0
+    engine = (batch["old_logprobs"] if engine is None else engine).float().to(logp.device)
+    if cfg.tis_cap > 0:
+        # One update per rollout batch: the training model's log-probs at the rollout's weights
+        # are this forward's own, so the ratio is sg-normalised to 1 and the engine enters only
+        # through the truncated weight.
+        return logp.detach(), engine, True
+    return engine, engine, False
+
+
 def policy_loss(
     logp: torch.Tensor,
     batch: dict[str, torch.Tensor],
     cfg: LossConfig,
     entropy: torch.Tensor | None = None,
+    extremes: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
-    """`(loss_sum, num_tokens, metrics)` for per-token log-probs `logp` `[b, s]`."""
+    """`(loss_sum, num_tokens, metrics)` for per-token log-probs `logp` `[b, s]`.
+
+    With `engine_logprobs` in the batch the mismatch metrics are computed (and the TIS weight
+    applied, see `LossConfig.tis_cap`); `extremes`, when given, receives the running maxima
+    `mismatch/ratio_max` and `mismatch/ratio_min` (negated), which a mean cannot carry.
+    """
     missing = [k for k in REQUIRED_KEYS if k not in batch]
     if missing:
         raise KeyError(f"policy batch lacks {missing}")
     mask_f = batch["loss_mask"].float().to(logp.device)
     on = mask_f != 0
-    old = batch["old_logprobs"].float().to(logp.device)
     adv = batch["advantages"].float().to(logp.device)
     if adv.dim() == 1:
         adv = adv.unsqueeze(1).expand_as(logp)
+    old, engine, tis_on = _old_and_engine_logprobs(logp, batch, cfg)
+    metrics_extra: dict[str, torch.Tensor] = {}
+    weight = None
+    if engine is not None:
+        # Train-inference mismatch: the training model's log-probs of the sampled tokens at the
+        # rollout's weights (recomputed, or this forward's own on the single update) against the
+        # engine's. Tokens the engine gave no log-prob for (NaN) are left out.
+        train_old = old if cfg.old_logprobs == "recompute" else logp.detach()
+        known = on & torch.isfinite(engine)
+        delta = torch.where(known, train_old - engine, torch.zeros_like(logp))
+        delta = delta.clamp(-cfg.max_log_ratio, cfg.max_log_ratio)
+        mismatch_ratio = torch.exp(delta)
+        metrics_extra["mismatch/logp_abs_diff"] = delta.abs()
+        # k3 estimate of KL(π_engine ‖ π_train) over the engine's samples.
+        metrics_extra["mismatch/k3_kl"] = mismatch_ratio - 1.0 - delta
+        if extremes is not None and bool(known.any()):
+            values = mismatch_ratio[known]
+            _keep_max(extremes, "mismatch/ratio_max", float(values.max()))
+            _keep_max(extremes, "mismatch/ratio_min", -float(values.min()))
+        if tis_on:
+            weight = mismatch_ratio.clamp(max=cfg.tis_cap)
+            metrics_extra["tis/weight_mean"] = weight
+            metrics_extra["tis/capped_frac"] = (known & (mismatch_ratio > cfg.tis_cap)).float()
 
-    # Off the response the rollout log-prob may be anything (even NaN): keep it out of exp.
+    # Off the response the old log-prob may be anything (even NaN): keep it out of exp.
     log_ratio = torch.where(on, logp - old, torch.zeros_like(logp))
     log_ratio = log_ratio.clamp(-cfg.max_log_ratio, cfg.max_log_ratio)
     ratio = torch.exp(log_ratio)
     surr = ratio * adv
     surr_clipped = ratio.clamp(1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high) * adv
     pg = -torch.minimum(surr, surr_clipped)
+    if weight is not None:
+        pg = weight * pg
     per_token = pg
     clipped = (surr_clipped < surr) & on
 
-    metrics_extra: dict[str, torch.Tensor] = {}
     if cfg.kl_coef:
         if "ref_logprobs" not in batch:
             raise KeyError("kl_coef > 0 needs ref_logprobs in the batch")
@@ -190,6 +264,7 @@ def make_loss_func(
     output_weight: torch.Tensor | None = None,
     tp_group: Any = None,
     vocab_size: int | None = None,
+    extremes: dict[str, float] | None = None,
 ) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]:
     """The `loss_func` a forward step returns alongside the model output.
 
@@ -214,6 +289,6 @@ def make_loss_func(
         else:
             logp, entropy = vocab_parallel_logprobs(output, labels, inplace_backward=True,
                                                     **kwargs)
-        return policy_loss(logp, batch, cfg, entropy)
+        return policy_loss(logp, batch, cfg, entropy, extremes)
 
     return loss_func

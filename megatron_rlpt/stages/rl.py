@@ -43,6 +43,8 @@ class Rollout:
     completions: list[Any] = field(default_factory=list)
     rewards: list[float] = field(default_factory=list)
     valid: list[bool] = field(default_factory=list)
+    truncated: bool = False
+    """The prompt's context was left-truncated to fit `rollout.max_prompt_tokens`."""
 
 
 def pack_micro_batches(rows: list[dict[str, torch.Tensor]], micro_batch_size: int,
@@ -55,13 +57,17 @@ def pack_micro_batches(rows: list[dict[str, torch.Tensor]], micro_batch_size: in
     if not rows:
         rows = [{"tokens": torch.tensor([pad_id]), "labels": torch.tensor([pad_id]),
                  "loss_mask": torch.zeros(1), "old_logprobs": torch.zeros(1),
+                 "engine_logprobs": torch.zeros(1),
                  "advantages": torch.zeros(1), "sample_weight": torch.tensor(0.0)}]
+    keys = ["tokens", "labels", "loss_mask", "old_logprobs", "advantages"]
+    if all("engine_logprobs" in r for r in rows):
+        keys.append("engine_logprobs")
     out = []
     for i in range(0, len(rows), micro_batch_size):
         chunk = rows[i : i + micro_batch_size]
         s = max(len(r["tokens"]) for r in chunk)
         mb: dict[str, torch.Tensor] = {}
-        for key in ("tokens", "labels", "loss_mask", "old_logprobs", "advantages"):
+        for key in keys:
             integer = key in ("tokens", "labels")
             t = torch.full((len(chunk), s), pad_id if integer else 0,
                            dtype=torch.long if integer else torch.float32)
@@ -74,8 +80,11 @@ def pack_micro_batches(rows: list[dict[str, torch.Tensor]], micro_batch_size: in
     return out
 
 
-def make_forward_step(vocab_size: int, loss_cfg: Any) -> Any:
-    """The `forward_step_func` of RL training: logits, then the policy-gradient loss."""
+def make_forward_step(vocab_size: int, loss_cfg: Any,
+                      extremes: dict[str, float] | None = None) -> Any:
+    """The `forward_step_func` of RL training: logits, then the policy-gradient loss.
+
+    `extremes` collects this rank's mismatch maxima (see `policy_loss`)."""
 
     def forward_step(data_iterator: Any, model: Any) -> tuple:
         from megatron.core import parallel_state as ps
@@ -85,9 +94,72 @@ def make_forward_step(vocab_size: int, loss_cfg: Any) -> Any:
                        attention_mask=None)
         # Padded vocabulary rows stay out of the softmax: the sampler never draws them either.
         return output, make_loss_func(batch, loss_cfg, vocab_size=vocab_size,
-                                      tp_group=ps.get_tensor_model_parallel_group())
+                                      tp_group=ps.get_tensor_model_parallel_group(),
+                                      extremes=extremes)
 
     return forward_step
+
+
+def recompute_old_logprobs(chunks: list[Any], batches: list[dict[str, torch.Tensor]],
+                           vocab_size: int, loss_cfg: Any, micro_batch_size: int) -> None:
+    """Replace each micro-batch's `old_logprobs` with the training model's own log-probs.
+
+    One forward-only pass through Megatron's schedule, without autograd, with the loss's own
+    log-prob code (same chunking, temperature and vocabulary), so on the update that follows the
+    ratio is exactly 1. TP ranks all-reduce inside the log-prob code; under pipeline parallelism
+    only the last stage computes (and only it reads `old_logprobs`).
+    """
+    from megatron.core import parallel_state as ps
+
+    from megatron_rlpt.algo.logprobs import vocab_parallel_logprobs
+    from megatron_rlpt.runtime.step import run_forward_backward
+
+    def forward_step(data_iterator: Any, model: Any) -> tuple:
+        batch = next(data_iterator)
+        output = model(input_ids=batch["tokens"], position_ids=batch["position_ids"],
+                       attention_mask=None)
+
+        def loss_func(logits: torch.Tensor) -> tuple:
+            mask = batch["loss_mask"].to(logits.device)
+            logp, _ = vocab_parallel_logprobs(
+                logits, batch["labels"].to(logits.device),
+                tp_group=ps.get_tensor_model_parallel_group(),
+                chunk_size=loss_cfg.logprob_chunk_size, temperature=loss_cfg.temperature,
+                mask=mask, vocab_size=vocab_size)
+            batch["old_logprobs"] = torch.where(mask != 0, logp.detach().float(),
+                                                torch.zeros_like(logp, dtype=torch.float32))
+            return logits.new_zeros(()), (mask != 0).sum().to(torch.int), {}
+
+        return output, loss_func
+
+    seq_length = max(b["tokens"].shape[1] for b in batches)
+    with torch.no_grad():
+        run_forward_backward(chunks, forward_step, iter(batches), len(batches),
+                             micro_batch_size, seq_length, forward_only=True)
+
+
+def reduce_extremes(extremes: dict[str, float]) -> dict[str, float]:
+    """Global maxima of the per-rank `extremes` (names agreed in advance, absent = −inf): MAX
+    over data-parallel ranks on the last pipeline stage, then broadcast along the pipeline.
+    `mismatch/ratio_min` is kept negated until here."""
+    from megatron.core import parallel_state as ps
+
+    names = ("mismatch/ratio_max", "mismatch/ratio_min")
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+        else torch.device("cpu")
+    t = torch.tensor([extremes.get(n, float("-inf")) for n in names], dtype=torch.float64,
+                     device=device)
+    if ps.is_pipeline_last_stage(ignore_virtual=True):
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX,
+                                     group=ps.get_data_parallel_group())
+    if ps.get_pipeline_model_parallel_world_size() > 1:
+        torch.distributed.broadcast(t, src=ps.get_pipeline_model_parallel_last_rank(),
+                                    group=ps.get_pipeline_model_parallel_group())
+    out = {}
+    for name, value in zip(names, t.tolist()):
+        if value != float("-inf"):
+            out[name] = -value if name.endswith("_min") else value
+    return out
 
 
 class RLStage:
@@ -107,6 +179,11 @@ class RLStage:
         if cfg.loss.temperature != cfg.rollout.temperature:
             raise UsageError("loss.temperature must equal rollout.temperature: the loss compares "
                              "log-probs of the distribution the rollouts were sampled from")
+        if cfg.loss.old_logprobs not in ("recompute", "engine"):
+            raise UsageError(f"loss.old_logprobs must be 'recompute' or 'engine', "
+                             f"got {cfg.loss.old_logprobs!r}")
+        if cfg.loss.tis_cap < 0:
+            raise UsageError("loss.tis_cap must be >= 0 (0 disables the correction)")
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint must hold to resume the data order (refill rounds move it)."""
@@ -146,7 +223,8 @@ class RLStage:
             part = prompts[c : c + chunk]
             groups = self.engine.generate_ids([p.prompt_ids for p in part], g,
                                               self._sampling(step, round_, positions[c]))
-            rollouts += [Rollout(p.prompt_ids, p.task, p.sample_weight, list(gr))
+            rollouts += [Rollout(p.prompt_ids, p.task, p.sample_weight, list(gr),
+                                 truncated=getattr(p, "truncated", False))
                          for p, gr in zip(part, groups)]
             if self.judge_pool is not None:
                 texts = [c.text for gr in groups for c in gr]
@@ -218,11 +296,20 @@ class RLStage:
                 n_prompt, n = len(r.prompt_ids), len(ids) - 1
                 mask = torch.zeros(n)
                 mask[n_prompt - 1 :] = 1
-                old = torch.zeros(n)
-                old[n_prompt - 1 :] = torch.tensor(c.logprobs, dtype=torch.float32)
+                # The engine's log-probs (NaN where it gave none): the old log-probs themselves
+                # in `engine` mode, else overwritten by the recompute and kept for the mismatch.
+                engine = torch.zeros(n)
+                if c.logprobs is not None:
+                    engine[n_prompt - 1 :] = torch.tensor(c.logprobs, dtype=torch.float32)
+                elif self.cfg.loss.old_logprobs == "engine":
+                    raise UsageError("loss.old_logprobs=engine needs an engine that reports "
+                                     "log-probs; use loss.old_logprobs=recompute")
+                else:
+                    engine[n_prompt - 1 :] = float("nan")
                 rows.append({
                     "tokens": torch.tensor(ids[:-1]), "labels": torch.tensor(ids[1:]),
-                    "loss_mask": mask, "old_logprobs": old,
+                    "loss_mask": mask, "old_logprobs": engine.clone(),
+                    "engine_logprobs": engine,
                     "advantages": torch.full((n,), float(advantages[j])),
                     "sample_weight": torch.tensor(r.sample_weight),
                 })
@@ -246,9 +333,17 @@ class RLStage:
             metrics.update(update_skipped=1.0)
         else:
             s = max(b["tokens"].shape[1] for b in batches)
-            forward_step = make_forward_step(self.cfg.model.vocab_size, self.cfg.loss)
+            if self.cfg.loss.old_logprobs == "recompute":
+                t_old = time.perf_counter()
+                recompute_old_logprobs(self.state.chunks, batches, self.cfg.model.vocab_size,
+                                       self.cfg.loss, self.cfg.batch.micro_batch_size)
+                timing["time/old_logprobs_s"] = time.perf_counter() - t_old
+            extremes: dict[str, float] = {}
+            forward_step = make_forward_step(self.cfg.model.vocab_size, self.cfg.loss,
+                                             extremes)
             metrics.update(train_step(self.state, forward_step, iter(batches), len(batches),
                                       self.cfg.batch.micro_batch_size, s))
+            metrics.update(reduce_extremes(extremes))
             push_weights(self.engine, self.state, self.cfg)
         t3 = time.perf_counter()
         metrics.update(timing)
@@ -264,9 +359,11 @@ class RLStage:
 
         # [sum, count] pairs: reward all / asr / msr, response length, failed judgements.
         stats = torch.zeros(6, 2, dtype=torch.float64)
-        groups = torch.zeros(4, dtype=torch.float64)  # kept, zero-variance, failed, seen
+        # kept, zero-variance, failed, seen groups; prompts whose context was truncated
+        groups = torch.zeros(5, dtype=torch.float64)
         for rollouts, adv in rounds:
             for r in rollouts:
+                groups[4] += float(r.truncated)
                 for c, reward, ok in zip(r.completions, r.rewards, r.valid):
                     stats[4] += torch.tensor([len(c.token_ids), 1.0])
                     stats[5] += torch.tensor([0.0 if ok else 1.0, 1.0])
@@ -275,7 +372,7 @@ class RLStage:
                         row = 1 if r.task == "asr" else 2 if r.task == "msr" else 3
                         stats[row] += torch.tensor([reward, 1.0])
             groups += torch.tensor([0.0, float(adv.zero_variance.sum()),
-                                    float(adv.failed.sum()), float(adv.keep.numel())],
+                                    float(adv.failed.sum()), float(adv.keep.numel()), 0.0],
                                    dtype=torch.float64)
         groups[0] = kept
         packed = torch.cat([stats.flatten(), groups])
@@ -293,6 +390,7 @@ class RLStage:
             "grpo/zero_variance_fraction": float(groups[1] / max(groups[3], 1)),
             "grpo/failed_groups": float(groups[2]),
             "grpo/sampling_rounds": float(len(rounds)),
+            "data/prompts_truncated": float(groups[4]),
         }
 
     def close(self) -> None:

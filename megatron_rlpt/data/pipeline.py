@@ -24,6 +24,7 @@ import os
 import socket
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,11 @@ STAGE_OF_REASON = {
     "no_triples": "triples",
     "processing_error": "error",
 }
+NO_DECONTAMINATION_WARNING = (
+    "rlpt prepare: no benchmark files given (--decontaminate PATH or decontaminate.benchmarks): "
+    "the data is NOT decontaminated against any evaluation set; manifest.json records "
+    "\"decontamination\": \"none\"")
+
 STAGES = ["read", "filter", "dedup", "pii", "decontaminate", "segment", "triples", "write"]
 
 
@@ -365,6 +371,12 @@ def prepare(inputs: list[str], output: str | Path, tokenizer: str | Path | None 
         contamination = ContaminationIndex.build(cfg.decontaminate.benchmarks, cfg.decontaminate)
     if progress is None:
         progress = sys.stderr.isatty()
+    if contamination is None:
+        # Off silently, benchmark text in the corpus would inflate every evaluation after it.
+        if log is not None:
+            log(f"warning: {NO_DECONTAMINATION_WARNING}")
+        else:
+            warnings.warn(NO_DECONTAMINATION_WARNING, stacklevel=2)
     log = log or (lambda msg: None)
 
     _init_state(cfg, str(tokenizer_path), contamination, tok)
@@ -537,7 +549,7 @@ def _manifest(cfg, paths, reader, per_file, tokenizer_path, tok, contamination, 
                    for i, p in enumerate(paths)],
         "tokenizer": tok_info,
         "decontamination": ({**describe(contamination), "sha256": {
-            f: _sha256(Path(f)) for f in contamination.files}} if contamination else None),
+            f: _sha256(Path(f)) for f in contamination.files}} if contamination else "none"),
         "documents": {"in": docs_in, "out": docs_out, "dropped": dict(sorted(dropped.items()))},
         "dropped_by_reason": dict(sorted(dropped.items())),
         "stages": stages,

@@ -106,3 +106,34 @@ def test_every_text_field_counts(tmp_path):
     assert index.find("Intro. " + long_answer.upper() + ". Outro.")
     assert index.find("Quiz.\nWhich planet has 2 moons named Phobos and Deimos\nDone.")
     assert not index.find("Mars and Venus are planets. None of this is a benchmark.")
+
+
+def _tiny_corpus(tmp_path):
+    text = " ".join(f"The lamp number {i} stands in room {i % 7} and glows all night." for i in
+                    range(8))
+    path = tmp_path / "corpus.jsonl"
+    path.write_text("".join(json.dumps({"text": f"Document {d}. {text}"}) + "\n"
+                            for d in range(3)))
+    return path
+
+
+def test_no_benchmarks_warns_and_the_manifest_says_none(tmp_path):
+    import subprocess
+    import sys
+
+    from megatron_rlpt.data.pipeline import prepare
+    from tests.data.prepare_testlib import small_config
+    from tests.multirank import REPO_ROOT
+
+    corpus = _tiny_corpus(tmp_path)
+    with pytest.warns(UserWarning, match="NOT decontaminated"):
+        result = prepare([str(corpus)], tmp_path / "plain", cfg=small_config(), progress=False)
+    assert result.manifest["decontamination"] == "none"
+    assert json.loads((tmp_path / "plain" / "manifest.json").read_text())["decontamination"] == "none"
+
+    # The command line says it on stderr, once, as a plain line.
+    proc = subprocess.run([sys.executable, "-m", "megatron_rlpt.cli", "prepare", "--input",
+                           str(corpus), "--output", str(tmp_path / "cli"), "--no-progress"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr.count("NOT decontaminated") == 1

@@ -9,6 +9,7 @@ exactly the data an uninterrupted one would.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,8 @@ class SFTData:
                  prompt_key: str, response_key: str) -> None:
         self.tokenizer, self.seq_length, self.seed = tokenizer, seq_length, seed
         self.examples = read_jsonl_fields(path, (prompt_key, response_key))
+        self.truncated = 0
+        """Examples of the last `rows()` call cut at `seq_length` (their ending and EOS lost)."""
 
     def encode(self, prompt: str, response: str) -> tuple[list[int], int]:
         """Token ids of the whole conversation and how many of them are the prompt."""
@@ -98,9 +101,11 @@ class SFTData:
         tokens = torch.full((n, s + 1), self.tokenizer.eos_token_id, dtype=torch.long)
         mask = torch.zeros(n, s)
         longest = 1
+        self.truncated = 0
         for r, pos in enumerate(positions):
             example = self.examples[order_index(pos, len(self.examples), self.seed)]
             ids, n_prompt = self.encode(*example)
+            self.truncated += len(ids) > s + 1
             ids = ids[: s + 1]
             tokens[r, : len(ids)] = torch.tensor(ids)
             # Label j predicts token j+1: train where that token belongs to the response.
@@ -118,6 +123,7 @@ class LMStage:
 
     def __init__(self, cfg: Any, state: Any, tokenizer: Any) -> None:
         self.cfg, self.state = cfg, state
+        self._warned_truncation = False
         d = cfg.data
         if cfg.run.stage == "pretrain":
             self.data: Any = PretrainData(d.path, tokenizer, d.seq_length, cfg.run.seed)
@@ -135,4 +141,23 @@ class LMStage:
         metrics = train_step(self.state, next_token_forward_step, iter(batches), len(batches),
                              b.micro_batch_size, seq_length)
         metrics["loss"] = metrics.pop("lm_loss")
+        if isinstance(self.data, SFTData):
+            metrics["sft/truncated_examples"] = self._count_truncated(step, len(positions))
         return metrics
+
+    def _count_truncated(self, step: int, per_rank: int) -> float:
+        """Over-long SFT examples in this step, over all DP ranks; the first time any appear,
+        rank 0 warns: a cut example trains on a response that never ends (its EOS is lost)."""
+        from megatron.core import parallel_state as ps
+
+        counts = torch.tensor([float(self.data.truncated), float(per_rank)])
+        torch.distributed.all_reduce(counts, group=ps.get_data_parallel_group())
+        cut, total = int(counts[0]), int(counts[1])
+        if cut and not self._warned_truncation and torch.distributed.get_rank() == 0:
+            self._warned_truncation = True
+            warnings.warn(
+                f"step {step}: {cut} of {total} SFT examples are longer than data.seq_length="
+                f"{self.cfg.data.seq_length} tokens and were truncated (the cut part and the "
+                "closing EOS are not trained); raise data.seq_length or filter the data. "
+                "Metric sft/truncated_examples counts them per step.", stacklevel=2)
+        return float(cut)

@@ -45,3 +45,15 @@ def test_batch_is_padded_to_its_longest_conversation_and_cut_at_seq_length(tmp_p
 
     cut = _data(tmp_path, records, seq_length=16).rows([0, 1])
     assert cut["tokens"].shape[1] <= 16
+
+
+def test_over_long_examples_are_counted(tmp_path):
+    records = [{"prompt": "short", "response": "a"},
+               {"prompt": "a longer prompt " * 5, "response": "a longer answer " * 5}]
+    data = _data(tmp_path, records, seq_length=16)
+    lengths = [len(data.encode(r["prompt"], r["response"])[0]) for r in records]
+    assert lengths[0] <= 17 < lengths[1]  # the fixture: one fits, one does not
+    data.rows([0, 1])
+    assert data.truncated == 1
+    data.rows([0])
+    assert data.truncated == 0  # per call, not cumulative

@@ -92,6 +92,17 @@ class TripleDataset:
         n0, n1 = (int(v) for v in self.segments[seg + 1])
         return self._bytes(ctx_start, prev_end), self._bytes(t0, t1), self._bytes(n0, n1)
 
+    def context_pieces(self, index: int) -> list[str]:
+        """The context of triple `index` cut at segment starts: the pieces join to exactly
+        `texts(index)[0]`, and every piece but the first begins a segment (the first may begin
+        inside one, where prepare cut a single over-long segment). Dropping leading pieces
+        left-truncates the context by whole sentences."""
+        doc, seg, ctx_start = (int(v) for v in self.triples[index])
+        end = int(self.segments[seg - 1][1])
+        starts = np.asarray(self.segments[int(self.documents[doc][2]):seg, 0])
+        cuts = [ctx_start] + [int(v) for v in starts[starts > ctx_start]]
+        return [self._bytes(a, b) for a, b in zip(cuts, cuts[1:] + [end])]
+
     def reference(self, index: int, k: int | None = None) -> str:
         """s_i and the next `k` segments (fewer at the end of the document), exact text with the
         document's own spacing between them."""

@@ -7,6 +7,7 @@ weight, what the reward needs) and knows how to score completions of it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +29,8 @@ class Prompt:
     """RLPT: the judge's reference text. RLVR: the gold answer."""
     target: str | None = None
     """RLPT: s_i alone (for the strict reward)."""
+    truncated: bool = False
+    """RLPT: the context was left-truncated to fit `rollout.max_prompt_tokens`."""
 
 
 class PromptSource:
@@ -36,13 +39,64 @@ class PromptSource:
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         self.cfg, self.tokenizer = cfg, tokenizer
 
+    def _tokens(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
     def _encode(self, text: str) -> list[int]:
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = self._tokens(text)
         limit = self.cfg.rollout.max_prompt_tokens
         if len(ids) > limit:
             raise UsageError(f"a prompt of {len(ids)} tokens exceeds rollout.max_prompt_tokens="
-                             f"{limit}; prepare the data with a smaller context budget")
+                             f"{limit}")
         return ids
+
+
+def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
+    """The smallest x in [lo, hi] with ok(x), given ok(hi) and ok monotone (False then True)."""
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid + 1
+    return hi
+
+
+def fit_context(encode: Callable[[str], list[int]], pieces: Callable[[], list[str]],
+                limit: int, tokenizer: Any) -> tuple[list[int], str, bool]:
+    """The prompt's token ids with its context left-truncated to fit `limit` tokens, that
+    context, and whether it was cut.
+
+    `encode(context)` renders and tokenizes the whole prompt; `pieces()` is the context cut at
+    sentence starts (`TripleDataset.context_pieces`). Whole leading sentences go first (the
+    paper's left-truncated context); if the last sentence alone is still too long, its leading
+    tokens go. Each candidate is measured as the rendered prompt, so template, chat wrapping and
+    token merges at the seams are all counted.
+    """
+    parts = pieces()
+    context = "".join(parts)
+    ids = encode(context)
+    if len(ids) <= limit:
+        return ids, context, False
+
+    def fits_from(j: int) -> bool:
+        return len(encode("".join(parts[j:]))) <= limit
+
+    last = len(parts) - 1
+    if last >= 1 and fits_from(last):
+        context = "".join(parts[_smallest(1, last, fits_from):])
+        return encode(context), context, True
+    # One sentence is still too long: keep as many of its last tokens as fit.
+    tail = tokenizer(parts[-1], add_special_tokens=False)["input_ids"]
+
+    def suffix(drop: int) -> str:
+        return tokenizer.decode(tail[drop:]).lstrip("\ufffd") if drop < len(tail) else ""
+
+    if len(encode("")) > limit:
+        raise UsageError(f"max_prompt_tokens={limit} is too small for the prompt "
+                         "template (and MSR's following segment) even with an empty context")
+    context = suffix(_smallest(0, len(tail), lambda d: len(encode(suffix(d))) <= limit))
+    return encode(context), context, True
 
 
 class RLPTSource(PromptSource):
@@ -63,16 +117,21 @@ class RLPTSource(PromptSource):
 
         t = self.cfg.task
         index = order_index(position, len(self.dataset), self.cfg.run.seed)
-        context, target, next_segment = self.dataset.texts(index)
+        _, target, next_segment = self.dataset.texts(index)
         task = Task.MSR if rng.random() < msr_probability(t) else Task.ASR
-        text = render_prompt(task, context, next_segment, t, self.templates,
-                             self.tokenizer if t.chat_template else None)
+
+        def encode(ctx: str) -> list[int]:
+            return self._tokens(render_prompt(task, ctx, next_segment, t, self.templates,
+                                              self.tokenizer if t.chat_template else None))
+
+        ids, _, truncated = fit_context(encode, lambda: self.dataset.context_pieces(index),
+                                        self.cfg.rollout.max_prompt_tokens, self.tokenizer)
         # The judge's reference: s_i and the following segments, exactly as in the document.
         k = t.asr_reference_segments if task is Task.ASR else t.msr_reference_segments
         if self.cfg.judge.reward_mode == "strict":
             k = 0
-        return Prompt(self._encode(text), task.value, task_loss_weight(task, t),
-                      self.dataset.reference(index, k), target)
+        return Prompt(ids, task.value, task_loss_weight(task, t),
+                      self.dataset.reference(index, k), target, truncated)
 
     def make_judge(self) -> Any:
         from megatron_rlpt.reward import build_judge

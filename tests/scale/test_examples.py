@@ -42,7 +42,7 @@ def test_every_model_has_both_stages_and_the_quickstart_exists():
     names = {p.stem for p in ALL}
     assert "quickstart_cpu" in names
     for model in MODELS:
-        assert {f"rlpt_{model}", f"sft_{model}"} <= names
+        assert {f"rlpt_{model}", f"sft_{model}", f"rlvr_{model}"} <= names
 
 
 @pytest.mark.parametrize("path", ALL, ids=lambda p: p.stem)
@@ -56,7 +56,7 @@ def test_loads_and_is_documented(path: Path):
 @pytest.mark.parametrize("model", MODELS)
 def test_model_shapes_are_the_published_ones(model: str):
     want = PUBLISHED[model]
-    for stage in ("rlpt", "sft"):
+    for stage in ("rlpt", "sft", "rlvr"):
         m = load(EXAMPLES / f"{stage}_{model}.yaml").model
         for key in ("architecture", "num_layers", "hidden_size", "ffn_hidden_size",
                     "num_attention_heads", "num_query_groups", "vocab_size", "rotary_base",
@@ -82,6 +82,21 @@ def test_rlpt_configs_have_the_papers_settings(model: str):
     assert cfg.loss.kl_coef == 0.0
     assert cfg.rollout.max_new_tokens == 8192
     assert cfg.run.init_from == load(EXAMPLES / f"sft_{model}.yaml").run.output_dir
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_rlvr_configs_have_the_rlpt_hyper_parameters(model: str):
+    """The paper's RLVR uses "the same hyperparameters as the next-segment reasoning task"."""
+    rlvr, rlpt = load(EXAMPLES / f"rlvr_{model}.yaml"), load(EXAMPLES / f"rlpt_{model}.yaml")
+    assert rlvr.run.stage == "rlvr"
+    assert rlvr.run.init_from == rlpt.run.output_dir
+    for section in ("model", "parallel", "optim", "batch", "grpo", "loss"):
+        assert getattr(rlvr, section) == getattr(rlpt, section), section
+    for key in ("engine", "temperature", "top_p", "max_new_tokens", "max_prompt_tokens"):
+        assert getattr(rlvr.rollout, key) == getattr(rlpt.rollout, key), key
+    assert rlvr.task.chat_template == rlpt.task.chat_template
+    # A JSONL file has no manifest naming its tokenizer: the config must name the model's.
+    assert rlvr.data.path.endswith(".jsonl") and rlvr.data.tokenizer
 
 
 @pytest.mark.parametrize("model", MODELS)

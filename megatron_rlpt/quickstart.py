@@ -89,18 +89,16 @@ def stage_configs(out: Path, data_dir: Path, warmup_data: Path,
 
 
 def write_warmup_data(data_dir: Path, path: Path, seed: int, lam: float = 0.0) -> int:
-    """SFT records for the warm-up from the prepared triples; returns how many."""
-    from megatron_rlpt.data.dataset import TripleDataset
-    from megatron_rlpt.synthetic import warmup_examples
-    from megatron_rlpt.tasks import TaskConfig
-    from megatron_rlpt.utils.io import atomic_open
+    """SFT records for the warm-up from the prepared triples; returns how many.
 
-    n = 0
-    with atomic_open(path, "w", encoding="utf-8") as f:
-        for record in warmup_examples(TripleDataset(data_dir), TaskConfig(lam=lam), seed):
-            f.write(json.dumps(record) + "\n")
-            n += 1
-    return n
+    The format-teaching set of `rlpt format-sft`, with no reasoning stub and half of the answers
+    an abstention: RL then has a choice a tiny policy can learn within a few steps, to attempt
+    the prediction (rewarded when right) rather than abstain, made at the answer's first token.
+    """
+    from megatron_rlpt.format_sft import write_format_sft
+    from megatron_rlpt.tasks import TaskConfig
+
+    return write_format_sft(data_dir, path, TaskConfig(lam=lam), seed, correct_fraction=0.5)
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

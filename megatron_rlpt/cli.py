@@ -32,15 +32,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_known_warnings() -> None:
-    # Megatron-Core warns that it falls back from TE/Apex kernels and about deprecated defaults
-    # it sets itself; on CPU that is the expected path and would bury the command's output.
-    warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.core")
-    warnings.filterwarnings("ignore", category=FutureWarning, module="torch.distributed.checkpoint")
+def _warnings_once() -> None:
+    """Show each warning text once per process rather than once per place it is raised from.
+
+    Warnings are kept (a cluster job's log is where a user looks for what went wrong), but a
+    warning raised in a loop, or from each of several modules (Megatron-Core's kernel
+    fallbacks), is not repeated. `-W` or PYTHONWARNINGS, when given, decide instead.
+    """
+    if sys.warnoptions:
+        return
+    for category in (UserWarning, FutureWarning, RuntimeWarning):
+        warnings.filterwarnings("once", category=category)
 
 
 def main(argv: list[str] | None = None) -> int:
-    _quiet_known_warnings()
+    _warnings_once()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

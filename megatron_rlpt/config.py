@@ -50,7 +50,9 @@ class RunConfig:
     keep_last: int = 3
     """Checkpoints kept; older ones are deleted after a newer one is complete."""
     progress: bool = True
-    """Show a progress bar on rank 0."""
+    """Report each step on rank 0: a progress bar when stdout is a terminal, otherwise (a Slurm
+    log, a pipe) one plain line per step with reward, loss, tokens/s, consumed samples/tokens and
+    ETA. False: neither (metrics.jsonl and wandb are written either way)."""
     wandb: WandbConfig = field(default_factory=WandbConfig)
     """Weights & Biases logging."""
 

@@ -63,8 +63,9 @@ def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
 
     if not cfg.run.init_from:
         return cfg, None
+    user_tokenizer = cfg.data.tokenizer or _prepared_tokenizer(cfg)
     found = checkpoint_model(resolve_checkpoint(cfg.run.init_from),
-                             tokenizer_hint=cfg.data.tokenizer)
+                             tokenizer_hint=str(user_tokenizer) if user_tokenizer else None)
     if found.model is None:
         return cfg, found.tokenizer
     fields = _given_model_fields(cfg) if model_fields is None else set(model_fields)
@@ -72,23 +73,28 @@ def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
     return dataclasses.replace(cfg, model=model), found.tokenizer
 
 
+def _prepared_tokenizer(cfg: TrainConfig) -> Path | None:
+    """The tokenizer `rlpt prepare` recorded in the data's manifest, if it is still there."""
+    import json
+
+    manifest = Path(cfg.data.path) / "manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+    return None
+
+
 def _tokenizer_path(cfg: TrainConfig, init_tokenizer: Path | None = None) -> Path:
     """data.tokenizer, else the one saved with run.init_from's checkpoint, else the one
     `rlpt prepare` recorded, else the shipped tokenizer."""
-    import json
-
     from megatron_rlpt.data.tokenizer import default_tokenizer_path
 
     if cfg.data.tokenizer:
         return Path(cfg.data.tokenizer)
     if init_tokenizer is not None:
         return init_tokenizer
-    manifest = Path(cfg.data.path) / "manifest.json"
-    if manifest.is_file():
-        recorded = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
-        if recorded and Path(recorded).is_dir():
-            return Path(recorded)
-    return default_tokenizer_path()
+    return _prepared_tokenizer(cfg) or default_tokenizer_path()
 
 
 def _load_tokenizer(cfg: TrainConfig, init_tokenizer: Path | None = None) -> Any:
@@ -112,14 +118,28 @@ def _save_run_files(cfg: TrainConfig, run_dir: Path, tokenizer: Any) -> None:
     tokenizer.save_pretrained(str(ckpt_root / "tokenizer"))
 
 
+def _count_data(cfg: TrainConfig, metrics: dict[str, float]) -> None:
+    """The step's `train/samples` (sequences trained on) and, where known, `train/tokens`, for
+    the consumed-data counters; a stage that reports them itself wins."""
+    if cfg.run.stage in ("pretrain", "sft"):
+        metrics.setdefault("train/samples", float(cfg.batch.sequences_per_step))
+        if cfg.run.stage == "pretrain":  # every row is seq_length tokens, all in the loss
+            metrics.setdefault("train/tokens",
+                               float(cfg.batch.sequences_per_step * cfg.data.seq_length))
+    elif "grpo/kept_groups" in metrics:
+        metrics.setdefault("train/samples", metrics["grpo/kept_groups"] * cfg.grpo.group_size)
+
+
 class StopSignal:
-    """Turns SIGTERM / SIGUSR1 (Slurm's preemption warning) into a checkpoint-and-exit.
+    """Turns SIGTERM (preemption), SIGUSR1 (Slurm's time-limit warning, forwarded by srun) or
+    SIGUSR2 into a checkpoint-and-exit.
 
     The handler only sets a flag; after each step the ranks agree on it with an all-reduce, so
-    all of them save the same step and leave together.
+    all of them save the same step and leave together. It is installed before set-up, so a
+    signal that arrives while the model loads is not fatal either.
     """
 
-    SIGNALS = ("SIGTERM", "SIGUSR1")
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGUSR2")
 
     def __init__(self) -> None:
         import signal
@@ -161,6 +181,7 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
     from megatron_rlpt.runtime.distributed import destroy_distributed, init_distributed
     from megatron_rlpt.runtime.step import setup_training
 
+    stop = StopSignal()
     cfg, init_tokenizer = resolve_init_model(cfg, model_fields)
     cfg.validate()
     init_distributed(cfg.parallel, seed=cfg.run.seed)
@@ -178,6 +199,13 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
     elif cfg.run.init_from:
         load_checkpoint(cfg.run.init_from, state.chunks, restore_rng=False)
     if rank0:
+        if latest is not None:
+            print(f"rlpt train: resumed from {latest} at step {start_step} of {cfg.run.steps}",
+                  flush=True)
+        else:
+            source = f" from {cfg.run.init_from}" if cfg.run.init_from else ""
+            print(f"rlpt train: starting {cfg.run.stage} at step 0 of {cfg.run.steps}, "
+                  f"weights{source or ' initialised at random'}", flush=True)
         _save_run_files(cfg, run_dir, tokenizer)
     torch.distributed.barrier()
 
@@ -187,12 +215,12 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
     logger = MetricsLogger(run_dir, cfg.run.steps, start_step, to_dict(cfg), cfg.run.wandb,
                            enabled=rank0, progress=cfg.run.progress)
     metrics: dict[str, float] = {}
-    stop = StopSignal()
     try:
         for step in range(start_step + 1, cfg.run.steps + 1):
             t0 = time.perf_counter()
             metrics = stage.step(step)
             metrics["time/step_s"] = time.perf_counter() - t0
+            _count_data(cfg, metrics)
             logger.log(step, metrics)
             stopping = stop.agreed()
             if step % cfg.run.save_every == 0 or step == cfg.run.steps or stopping:
@@ -204,6 +232,9 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
                     print(f"rlpt train: {stop.received or 'a signal'} received; saved step {step} "
                           "and stopped (rerun the same command to resume)", flush=True)
                 break
+            if step == cfg.run.steps and rank0:
+                print(f"rlpt train: finished step {step} of {cfg.run.steps}; checkpoint in "
+                      f"{ckpt_root}", flush=True)
     finally:
         stop.restore()
         logger.close()

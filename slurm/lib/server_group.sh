@@ -100,7 +100,7 @@ run_group() {
   content=$(printf '%s\n' "${urls[@]}")
 
   local srun_pid=""
-  # shellcheck disable=SC2317  # called by the traps
+  # shellcheck disable=SC2317,SC2329  # called by the traps
   cleanup() {
     # Remove the list only if it is still ours (a newer group may have replaced it).
     if [[ -f $ENDPOINTS_FILE && $(cat "$ENDPOINTS_FILE") == "$content" ]]; then

@@ -1,9 +1,11 @@
 """The real Slurm scripts under a harness: Slurm's environment, and stand-in `srun`/`scontrol`
 (tests/scale/bin) that start the step's tasks as local processes, as the issue's acceptance asks.
 
-`slurm/train.sbatch` trains 2 CPU ranks, is sent the time-limit warning (SIGUSR1), stops and asks
-to be requeued; rerun as Slurm reruns a requeued job, it resumes from the newest checkpoint and
-finishes. `slurm/judge_servers.sbatch` starts stand-in servers, health-checks them, publishes the
+`slurm/train.sbatch` trains 2 CPU ranks, is sent the time-limit warning (SIGUSR1), has the ranks
+save a checkpoint and stop, and asks to be requeued; rerun as Slurm reruns a requeued job, it
+resumes from that checkpoint and finishes. The stand-in srun treats signals as the real one does
+(TERM/HUP/QUIT: SIGKILL to the tasks), so a script that stops the ranks with SIGTERM fails here.
+`slurm/judge_servers.sbatch` starts stand-in servers, health-checks them, publishes the
 endpoints file the trainer then reads, and removes it when stopped.
 """
 
@@ -128,19 +130,67 @@ def test_judge_group_publishes_and_withdraws_endpoints(judge_group, tmp_path: Pa
 
 @pytest.mark.multirank
 def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
-    """2 CPU ranks under srun; SIGUSR1 → stop + `scontrol requeue`; the rerun resumes and ends."""
+    """2 CPU ranks under srun; SIGUSR1 → the ranks save and stop, `scontrol requeue`; the rerun
+    resumes from the checkpoint saved on the signal and ends."""
     _, endpoints, urls = judge_group
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(" ".join(f"{a} + {b} = {a + b}." for a in range(40) for b in range(0, 40, 3)))
     run_dir = tmp_path / "run"
     overrides = [
+_SIGNAL_PROBE = """
+import signal, sys, time
+def on(signum, frame):
+    print("handled", signal.Signals(signum).name, flush=True)
+    sys.exit(0)
+for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+    signal.signal(s, on)
+print("ready", flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("sig,handled", [
+    (signal.SIGTERM, False), (signal.SIGHUP, False), (signal.SIGQUIT, False),
+    (signal.SIGUSR1, True), (signal.SIGUSR2, True)], ids=lambda v: getattr(v, "name", str(v)))
+def test_srun_stand_in_treats_signals_like_srun(tmp_path: Path, sig: signal.Signals, handled: bool):
+    """TERM/HUP/QUIT sent to srun SIGKILL the tasks (their handlers never run); USR1/USR2 reach
+    the tasks' handlers."""
+    env = slurm_env(tmp_path, 7005, 2, "probe")
+    proc = subprocess.Popen(["srun", "--ntasks=2", f"--output={tmp_path}/task-%t.log",
+                             sys.executable, "-c", _SIGNAL_PROBE], env=env, cwd=tmp_path,
+                            stderr=subprocess.PIPE, text=True)
+    logs = [tmp_path / f"task-{t}.log" for t in range(2)]
+    deadline = time.time() + 60
+    while not all(p.is_file() and "ready" in p.read_text() for p in logs):
+        assert proc.poll() is None and time.time() < deadline, "tasks did not start"
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    for log in logs:
+        assert ("handled " + sig.name in log.read_text()) == handled, log.read_text()
+    if handled:
+        assert proc.returncode == 0
+    else:
+        assert proc.returncode == 128 + signal.SIGKILL and "forcing job termination" in err
+
+
+def test_train_sbatch_refuses_a_stop_signal_srun_turns_into_sigkill(tmp_path: Path):
+    env = slurm_env(tmp_path, 7006, 2, "rlpt-train")
+    env["STOP_SIGNAL"] = "TERM"
+    proc = subprocess.run(["bash", str(SLURM / "train.sbatch"), "examples/quickstart_cpu.yaml"],
+                          env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 2 and "STOP_SIGNAL=TERM" in proc.stderr
+
+
         "run.stage=pretrain", f"data.path={corpus}", f"run.output_dir={run_dir}",
-        "run.steps=4", "run.save_every=1", "run.keep_last=4", "run.progress=false",
+        "run.steps=4", "run.save_every=100", "run.keep_last=4",
         "data.seq_length=64", "batch.sequences_per_step=4", "batch.micro_batch_size=2",
     ]
     port = _free_port(21000, 32000)
     job_id = 20000 * 3 + (port - 20000)  # train.sbatch derives MASTER_PORT = 20000 + id % 20000
     env = slurm_env(tmp_path, job_id, 2, "rlpt-train")
+    # No periodic save before the end: the only checkpoint of the first attempt is the one the
+    # ranks write when told to stop.
     env.update(JUDGE_ENDPOINTS_FILE=str(endpoints), ENDPOINTS_POLL="0.5", OMP_NUM_THREADS="1")
     cmd = ["bash", str(SLURM / "train.sbatch"), "examples/quickstart_cpu.yaml", *overrides]
     ckpts = run_dir / "checkpoints"
@@ -152,10 +202,10 @@ def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
         try:
             # Generous limits: a shared 2-core machine can be slow; they only stop a hang.
             deadline = time.time() + 600
-            while not (ckpts / "latest_checkpointed_iteration.txt").is_file():
+            while not (run_dir / "metrics.jsonl").is_file() or not _metrics(run_dir):
                 assert proc.poll() is None, first_out.read_text() + _rank_logs(log_dir)
-                assert time.time() < deadline, "no checkpoint within 600 s"
-                time.sleep(0.2)
+                assert time.time() < deadline, "no step within 600 s"
+                time.sleep(0.1)
             proc.send_signal(signal.SIGUSR1)  # Slurm's --signal=B:USR1@180
             rc = proc.wait(timeout=300)
         finally:
@@ -173,8 +223,14 @@ def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
     env["SLURM_RESTART_COUNT"] = "1"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr + _rank_logs(log_dir)
+    assert (ckpts / "latest_checkpointed_iteration.txt").is_file(), \
+        "the ranks saved no checkpoint when told to stop" + _rank_logs(log_dir)
     assert (tmp_path / "scontrol.log").read_text() == f"requeue {job_id}\n", "requeued again"
 
+    rank0 = (log_dir / "attempt-0" / "rank-0.log").read_text()
+    assert f"SIGUSR1 received; saved step {stopped_at} and stopped" in rank0
+    # A log file gets one plain line per step, not a progress bar's carriage returns.
+    assert "\r" not in rank0 and f"step {stopped_at}/4 |" in rank0, rank0[-3000:]
     assert (ckpts / "iter_0000004" / "COMPLETE").is_file()
     # Two ranks ran: each saved its RNG state into the checkpoint.
     assert sorted(p.name for p in (ckpts / "iter_0000004" / "rng").iterdir()) == [
@@ -184,6 +240,9 @@ def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
     # Steps up to the checkpoint were not trained again: their records (wall times included)
     # are the first attempt's.
     assert metrics[:stopped_at] == first_metrics[:stopped_at]
+    rank0 = (log_dir / "attempt-1" / "rank-0.log").read_text()
+    assert f"resumed from {ckpts / f'iter_{stopped_at:07d}'} at step {stopped_at}" in rank0
+    assert "step 4/4 |" in rank0
 
     # Per-attempt logs: one per rank, the plan, the command with the judge endpoints passed on.
     for attempt in (0, 1):

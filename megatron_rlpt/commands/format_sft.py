@@ -5,7 +5,7 @@ prompt is the paper's ASR or MSR prompt (mixed by --lam as RLPT mixes them), the
 short fixed reasoning stub followed by the true next segment between <|startofprediction|> and
 <|endofprediction|>. Train on it with `rlpt train` (run.stage=sft, data.path=the output) so the
 model answers in the prediction format before RLPT. This is a format warm-up, not the paper's
-cold-start data (general instruction SFT); see docs/data.md.
+cold-start data (general instruction SFT); see docs/experiments.md.
 """
 
 from __future__ import annotations

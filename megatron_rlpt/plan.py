@@ -14,12 +14,18 @@ Model states per parameter on a GPU:
   gradients  4 with grad_reduce_in_fp32 or fp32 params, else 2 (Megatron's grad buffer)
   optimizer  bf16: 12 (fp32 main weight + Adam exp_avg + exp_avg_sq); fp32: 8 (Adam moments);
              divided by DP·CP with the distributed optimizer
-Activations per token per layer (e = activation bytes, t = TP, fused/flash attention):
-  e·(4h/t_sp + (2q + 2k)/t + 4f/t) [+ e·(q + k)/t with QK-norm]
+Activations per token per layer (e = activation bytes, t = TP, m = micro-batch size):
+  e·(4h/t_sp + (2q + 2k)/t + 5f/t + 4·head_dim/m) [+ e·(q + k)/t with QK-norm]
   4h: the inputs of the two RMSNorms and of the QKV and FC1 matmuls (divided by TP only with
-  sequence parallelism); 2q + 2k: Q, K, V after rotary and the attention output; 4f: the SwiGLU
-  FC1 output (gate and up), silu(gate) and the FC2 input. `transformer_impl: local` (unfused
-  attention) adds (4 + e)·(heads/t)·s for the fp32 softmax and its model-dtype copy.
+  sequence parallelism); 2q + 2k: Q, K, V after rotary and the attention output; 5f: the SwiGLU
+  FC1 output (gate and up), silu(gate), the copy `up + glu_linear_offset` that Megatron's
+  unfused GLU makes (bias_activation_fusion is off) and the FC2 input; 4·head_dim: rotary
+  cos and sin per position, recomputed for Q and K in every layer.
+  `transformer_impl: local` (unfused attention) repeats K and V to every query head, so they
+  count q each (2q + 2k becomes 4q), and saves the fp32 softmax, its model-dtype copy for the
+  probabilities × V matmul when the model is not fp32, and the causal mask (a byte per score):
+  (4 + e if e < 4 else 4)·(heads/t)·s + s/m. tests/scale/test_plan.py checks this against a
+  forward pass measured on CPU (local spec), within the bound stated there.
   Full recompute keeps only each layer's input (e·h/t_sp) plus one layer's full set while it is
   recomputed. A pipeline stage i holds min(PP − i, micro-batches) micro-batches in flight
   (1F1B), times (1 + (PP − 1)/(PP·VPP)) with interleaving.
@@ -276,18 +282,22 @@ def forward_flops_per_token(model: Any, seq_length: int) -> float:
 
 
 def activation_bytes_per_token(model: Any, tp: int, seq_length: int, sequence_parallel: bool,
-                               recompute: str = "none") -> float:
+                               recompute: str = "none", micro_batch: int = 1) -> float:
     """Bytes one layer saves for the backward pass per token when it is not fully recomputed
-    (selective recompute drops the unfused attention's scores)."""
-    h, q, k, f, _ = _dims(model)
+    (selective recompute drops what the unfused attention core saves)."""
+    h, q, k, f, head_dim = _dims(model)
     e = 2 if model.params_dtype == "bf16" else 4
     tsp = tp if sequence_parallel else 1
-    elems = 4 * h / tsp + (2 * q + 2 * k) / tp + 4 * f / tp
+    local_core = model.transformer_impl == "local" and recompute != "selective"
+    qkv_out = 4 * q if local_core else 2 * q + 2 * k  # unfused attention repeats K and V (GQA)
+    elems = 4 * h / tsp + qkv_out / tp + 5 * f / tp
     if model.qk_layernorm:
         elems += (q + k) / tp
+    elems += 4 * head_dim / micro_batch  # rotary cos and sin of Q and K, per position
     total = e * elems
-    if model.transformer_impl == "local" and recompute != "selective":
-        total += (4 + e) * (model.num_attention_heads / tp) * seq_length
+    if local_core:
+        scores = 4 + e if e < 4 else 4  # fp32 softmax, plus its bf16 copy for the bf16 matmul
+        total += scores * (model.num_attention_heads / tp) * seq_length + seq_length / micro_batch
     return total
 
 
@@ -416,7 +426,7 @@ def _memory(plan: Plan, cfg: Any) -> None:
     opt_shards = plan.dp * cp if optim.distributed_optimizer else 1
     tokens = plan.micro_batch * plan.seq_length / cp
     full_layer = activation_bytes_per_token(m, tp, plan.seq_length, par.sequence_parallel,
-                                            plan.recompute)
+                                            plan.recompute, plan.micro_batch)
     if plan.recompute == "full":
         tsp = tp if par.sequence_parallel else 1
         per_layer_kept = e * m.hidden_size / tsp

@@ -11,7 +11,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "prepare",
         help="turn a raw corpus into RLPT triples (Megatron IndexedDataset)",
         description=(
-            "Read JSONL (.gz/.zst), Parquet or text; normalise and filter; MinHash "
+            "Read JSONL (.gz/.zst), Parquet or text; normalise and filter (optionally with "
+            "a quality model, --quality-model); MinHash "
             "near-dedup; mask PII; remove benchmark overlap; split into sentences; write "
             "(context, target, next) triples as a Megatron IndexedDataset with exact texts, "
             "manifest.json and quarantine.jsonl. See docs/data.md."
@@ -25,6 +26,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Hugging Face tokenizer directory (default: the shipped 8k BPE)")
     p.add_argument("--decontaminate", nargs="+", default=[], metavar="PATH",
                    help="benchmark files or directories (JSONL/JSON/CSV/Parquet) to remove")
+    p.add_argument("--quality-model", default=None, metavar="PATH_OR_URL",
+                   help="score each document's educational value 0-5 with an instruction-tuned "
+                        "model (a local HF directory, or the URL of an OpenAI-compatible or "
+                        "SGLang server) and drop those below --quality-threshold")
+    p.add_argument("--quality-threshold", type=float, default=None, metavar="SCORE",
+                   help="keep documents scoring at least this (default: quality.threshold, 3)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes (output is identical for any N; default 1)")
     p.add_argument("--config", default=None, metavar="prepare.yaml",
@@ -68,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     if args.overrides:
         cfg = _apply_overrides(cfg, args.overrides)
     cfg.decontaminate.benchmarks = list(cfg.decontaminate.benchmarks) + list(args.decontaminate)
+    if args.quality_model:
+        cfg.quality.model = args.quality_model
+    if args.quality_threshold is not None:
+        cfg.quality.threshold = args.quality_threshold
     validate(cfg)
     result = prepare(args.input, args.output, tokenizer=args.tokenizer, cfg=cfg,
                      workers=args.workers, progress=args.progress,

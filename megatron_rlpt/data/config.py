@@ -59,6 +59,50 @@ class FilterConfig:
 
 
 @dataclass
+class QualityConfig:
+    model: str | None = None
+    """Model-based quality filter (`--quality-model`): a local Hugging Face directory of an
+    instruction-tuned model (run in-process with transformers) or the `http(s)://` URL of an
+    OpenAI-compatible or SGLang server. It grades each document's educational value 0–5
+    (docs/data.md). None: off."""
+    threshold: float = 3.0
+    """Documents scoring below this are dropped as `quality_model` (`--quality-threshold`)."""
+    on_failure: Literal["keep", "drop"] = "keep"
+    """A document whose scoring failed (server error after the retries, an answer without a
+    score): `keep` it unscored, or `drop` it as `quality_failed`. Counted either way."""
+    api: Literal["chat", "completions", "sglang"] = "chat"
+    """Server API: `chat` (/v1/chat/completions; the server applies the chat template),
+    `completions` (/v1/completions) or `sglang` (native /generate)."""
+    server_model: str | None = None
+    """Model name sent to an OpenAI-compatible server; None: the first of its /v1/models."""
+    api_key_env: str | None = None
+    """Environment variable holding the server's API key (sent as a bearer token)."""
+    max_doc_chars: int = 3000
+    """The model sees at most this many leading characters of a document (0: all)."""
+    max_tokens: int = 32
+    """Most tokens the model generates per document (the score comes first)."""
+    prompt_file: str | None = None
+    """A UTF-8 file replacing the built-in grading prompt; `{document}` marks the text."""
+    work_dir: str | None = None
+    """Where scores persist across runs (`quality-<scorer id>.jsonl`); None: `<output>.work`
+    beside the output directory."""
+    timeout_s: float = 60.0
+    """Total time allowed for one request."""
+    max_retries: int = 3
+    """Retries of a request after a timeout, connection error, malformed body, 408, 429 or 5xx."""
+    backoff_s: float = 1.0
+    """First retry delay; doubles per retry (up to 30 s), with jitter."""
+    concurrency: int = 8
+    """Requests in flight per worker process."""
+    batch_size: int = 8
+    """Documents per generate call of the in-process model."""
+    device: str = "cpu"
+    """Torch device of the in-process model."""
+    dtype: str = "float32"
+    """Torch dtype of the in-process model (`float32`, `bfloat16`, `float16`)."""
+
+
+@dataclass
 class DedupConfig:
     enabled: bool = True
     """MinHash LSH near-deduplication across all inputs, keeping the first document in input
@@ -155,6 +199,8 @@ class PrepareConfig:
     """Input reading."""
     filter: FilterConfig = field(default_factory=FilterConfig)
     """Normalisation and rule filters."""
+    quality: QualityConfig = field(default_factory=QualityConfig)
+    """Model-based quality filter."""
     dedup: DedupConfig = field(default_factory=DedupConfig)
     """Near-deduplication."""
     pii: PIIConfig = field(default_factory=PIIConfig)
@@ -235,6 +281,14 @@ def validate(cfg: PrepareConfig) -> None:
         (cfg.read.max_document_bytes >= 1024, "read.max_document_bytes must be >= 1024"),
         (cfg.docs_per_task >= 1, "docs_per_task must be >= 1"),
         ("{kind}" in cfg.pii.placeholder, "pii.placeholder must contain {kind}"),
+        (0.0 <= cfg.quality.threshold <= 5.0, "quality.threshold must be in [0, 5]"),
+        (cfg.quality.timeout_s > 0, "quality.timeout_s must be > 0"),
+        (cfg.quality.max_retries >= 0, "quality.max_retries must be >= 0"),
+        (cfg.quality.backoff_s >= 0, "quality.backoff_s must be >= 0"),
+        (cfg.quality.concurrency >= 1, "quality.concurrency must be >= 1"),
+        (cfg.quality.batch_size >= 1, "quality.batch_size must be >= 1"),
+        (cfg.quality.max_tokens >= 1, "quality.max_tokens must be >= 1"),
+        (cfg.quality.max_doc_chars >= 0, "quality.max_doc_chars must be >= 0"),
     ]
     for ok, msg in checks:
         if not ok:

@@ -17,6 +17,7 @@ Every record read is accounted for: `documents.in == documents.out + sum(dropped
 from __future__ import annotations
 
 import collections
+import dataclasses
 import hashlib
 import json
 import multiprocessing
@@ -46,6 +47,7 @@ STAGE_OF_REASON = {
     "not_text": "read", "empty": "read", "too_large": "read", "read_error": "read",
     "too_short": "filter", "too_long": "filter", "symbol_ratio": "filter",
     "alpha_ratio": "filter", "repeated_lines": "filter", "quality_model": "filter",
+    "quality_failed": "filter",
     "near_duplicate": "dedup",
     "contaminated": "decontaminate",
     "too_few_segments": "segment",
@@ -73,6 +75,7 @@ class DocResult:
     text: str | None = None
     preview: str | None = None
     signature: np.ndarray | None = None
+    quality_score: float | None = None
     # filled by stage B
     text_bytes: bytes | None = None
     seg_bytes: np.ndarray | None = None
@@ -95,6 +98,11 @@ def _init_state(cfg: PrepareConfig, tokenizer_path: str, contamination: Any,
                                  else load_tokenizer(tokenizer_path))
     _STATE["contamination"] = contamination
     _STATE["quality"] = filters.load_quality_hook(cfg.filter.quality_hook)
+    _STATE["quality_filter"] = None
+    if cfg.quality.model:
+        from megatron_rlpt.data.quality import QualityFilter
+
+        _STATE["quality_filter"] = QualityFilter(cfg.quality, cfg.quality.work_dir)
     sentence_tokenizer(cfg.segment.language)
 
 
@@ -135,7 +143,30 @@ def stage_a(records: list[Record]) -> list[DocResult]:
             out.append(DocResult(rec.source, rec.index, rec.doc_id, rec.nbytes,
                                  "processing_error", f"{type(err).__name__}: {err}"[:300],
                                  preview=_preview(rec.text, cfg)))
+    if _STATE.get("quality_filter") is not None:
+        _quality_model(out, cfg)
     return out
+
+
+def _quality_model(results: list[DocResult], cfg: PrepareConfig) -> None:
+    """Score the chunk's surviving documents in one batch and drop those below the threshold
+    (or whose scoring failed, with `quality.on_failure: drop`)."""
+    q = cfg.quality
+    alive = [r for r in results if r.reason is None and r.text is not None]
+    for r, res in zip(alive, _STATE["quality_filter"].score([r.text for r in alive])):
+        r.counts["quality.cached" if res.cached else "quality.scored"] = 1
+        if res.score is None:
+            r.counts["quality.failed"] = 1
+            r.counts[f"quality.failed.{res.status}"] = 1
+            if q.on_failure == "drop":
+                r.reason, r.detail = "quality_failed", f"{res.status}: {res.raw[:200]}"
+        else:
+            r.quality_score = res.score
+            r.counts[f"quality.score.{res.score:g}"] = 1
+            if res.score < q.threshold:
+                r.reason, r.detail = "quality_model", f"score {res.score:g} < {q.threshold:g}"
+        if r.reason is not None:
+            r.preview, r.text, r.signature = _preview(r.text, cfg), None, None
 
 
 def _byte_offsets(text: str, offsets: list[int]) -> list[int]:
@@ -364,6 +395,10 @@ def prepare(inputs: list[str], output: str | Path, tokenizer: str | Path | None 
     for p in paths:
         input_format(p)  # rejects unsupported combinations early
     _check_output(output)
+    if cfg.quality.model and not cfg.quality.work_dir:
+        # Outside the output (replaced whole at the end), so scores survive a killed run.
+        cfg = dataclasses.replace(cfg, quality=dataclasses.replace(
+            cfg.quality, work_dir=str(output) + ".work"))
     tokenizer_path = Path(tokenizer) if tokenizer else default_tokenizer_path()
     tok = load_tokenizer(tokenizer_path)
     contamination = None
@@ -467,10 +502,13 @@ def prepare(inputs: list[str], output: str | Path, tokenizer: str | Path | None 
                                 }, ensure_ascii=False, sort_keys=True) + "\n")
                             bar.update(r.nbytes, 0)
                             continue
-                        writer.add_document(r.text_bytes, r.seg_bytes, r.triples, {
+                        meta = {
                             "document": writer.documents, "source": str(paths[r.source]),
                             "record": r.index, "id": r.doc_id, "triples": len(r.triples),
-                        })
+                        }
+                        if cfg.quality.model:
+                            meta["quality_score"] = r.quality_score
+                        writer.add_document(r.text_bytes, r.seg_bytes, r.triples, meta)
                         docs_out += 1
                         bar.update(r.nbytes, len(r.triples))
                 writer.finalize()
@@ -526,6 +564,20 @@ def _manifest(cfg, paths, reader, per_file, tokenizer_path, tok, contamination, 
     stages["triples"].update({k.split(".", 1)[1]: v for k, v in sorted(counts.items())
                               if k.startswith("triples.")})
     stages["triples"]["triples"] = writer.triples
+    if cfg.quality.model:
+        from megatron_rlpt.data.quality import scorer_id
+
+        def count(prefix: str) -> dict[str, int]:
+            return {k[len(prefix):]: v for k, v in sorted(counts.items()) if k.startswith(prefix)}
+
+        stages["filter"]["quality"] = {
+            "model": cfg.quality.model, "threshold": cfg.quality.threshold,
+            "on_failure": cfg.quality.on_failure,
+            "scored": counts.get("quality.scored", 0), "cached": counts.get("quality.cached", 0),
+            "failed": counts.get("quality.failed", 0), "failed_by_status": count("quality.failed."),
+            "scores": count("quality.score."),
+            "scores_file": str(Path(cfg.quality.work_dir) / f"quality-{scorer_id(cfg.quality)}.jsonl"),
+        }
     stages["write"] = {"documents": writer.documents, "segments": writer.segments,
                        "triples": writer.triples, "tokens": writer.tokens,
                        "text_bytes": writer.text_bytes,

@@ -53,9 +53,11 @@ class ScriptedJudgeServer:
     """A judge server with scripted faults, on an ephemeral port of 127.0.0.1."""
 
     def __init__(self, hang_s: float = 5.0, trickle_s: float = 0.5, model: str = "scripted-judge",
-                 base_delay_s: float = 0.0):
-        """`base_delay_s` delays every answer (a slower server, for routing tests)."""
+                 base_delay_s: float = 0.0, answer=None):
+        """`base_delay_s` delays every answer (a slower server, for routing tests); `answer`
+        (prompt -> text) replaces the judge's answer (other scripted models)."""
         self.hang_s, self.trickle_s, self.model = hang_s, trickle_s, model
+        self.answer = answer or judge_answer
         self.base_delay_s = base_delay_s
         self.attempts: Counter = Counter()
         self.requests: Counter = Counter()
@@ -175,7 +177,7 @@ class ScriptedJudgeServer:
         match = _DIRECTIVE.search(prompt)
         if match and (match.group(2) is None or attempt <= int(match.group(2))):
             fault = match.group(1)
-        text = judge_answer(prompt)
+        text = self.answer(prompt)
         if fault is None:
             return web.json_response(wrap(text))
         if fault.isdigit():

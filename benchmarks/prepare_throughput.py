@@ -3,9 +3,10 @@
 2 workers, in MB of input per second (per core).
 
     python benchmarks/prepare_throughput.py [--shared-data ../shared/data] [--repeat 1]
-        [--json benchmarks/results/prepare_throughput.json]
+        [--corpus openstax_calculus.jsonl,...] [--json benchmarks/results/prepare.json]
 
-Corpus: the four OpenStax JSONL files of the shared data (about 9 MB). The full pipeline runs
+Corpus: the four OpenStax JSONL files of the shared data (about 9 MB), or those named by
+`--corpus` (one book keeps a run on a busy machine short). The full pipeline runs
 with its default settings except `triples.max_context_tokens` (512 here, to keep the output
 small) and decontaminates against MATH-500 and GSM8K. The baseline is what Megatron-LM's
 `preprocess_data.py` does: read JSONL, tokenize each document, append eos, write an
@@ -94,9 +95,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shared-data", type=Path, default=REPO.parent / "shared" / "data")
     parser.add_argument("--repeat", type=int, default=1, help="runs per setting (best is kept)")
+    parser.add_argument("--corpus", default=",".join(CORPUS),
+                        help="comma-separated files of <shared-data>/corpus (default: %(default)s)")
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
-    paths = [args.shared_data / "corpus" / name for name in CORPUS]
+    files = [name.strip() for name in args.corpus.split(",") if name.strip()]
+    paths = [args.shared_data / "corpus" / name for name in files]
     bench = [args.shared_data / "benchmarks/math500/test.jsonl",
              args.shared_data / "benchmarks/gsm8k/test.jsonl"]
     missing = [str(p) for p in paths + bench if not p.is_file()]
@@ -134,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
 
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     results = {
+        "files": files,
         "input_mb": round(mb, 2),
+        "documents": manifest["documents"]["in"] if manifest else None,
         "cpu_count": os.cpu_count(),
         "load_average_1min_after": round(load, 2) if load is not None else None,
         "python": platform.python_version(),
@@ -154,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"2 workers / 1 worker speed-up (wall): {results['speedup_2_vs_1_workers_wall']:.3f}; "
           f"CPU cost ratio: {results['cpu_overhead_2_vs_1_workers']:.3f}")
     if args.json:
+        from megatron_rlpt.utils.io import atomic_write_json
+
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        atomic_write_json(args.json, results)
     return 0
 
 

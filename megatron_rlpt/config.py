@@ -93,8 +93,9 @@ class RolloutConfig:
     """How completions are sampled."""
 
     engine: str = "megatron"
-    """`megatron` (in-process, on the training weights), `vllm` (in-process vLLM, weights pushed
-    after each step) or `sglang` (external servers)."""
+    """`megatron` (in-process, on the training weights), `vllm` (a vLLM sidecar per
+    model-parallel group on its GPUs, weights pushed after each step) or `sglang` (external
+    servers, weights pushed at start-up and after each step)."""
     temperature: float = 1.0
     """Sampling temperature (the paper's 1.0)."""
     top_p: float = 1.0

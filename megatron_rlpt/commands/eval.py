@@ -58,7 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--engine",
         choices=("auto", "vllm", "hf"),
         default="auto",
-        help="auto (default): vLLM if installed, else in-process transformers",
+        help="auto (default): vLLM if importable here, else in-process transformers; vllm "
+        "also runs from .venv-vllm (tools/setup_vllm.sh) or $RLPT_VLLM_PYTHON",
     )
     eng.add_argument("--batch-size", type=int, default=16, help="hf: sequences per batch (16)")
     eng.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype")
@@ -167,7 +168,13 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         tensor_parallel_size=args.tensor_parallel_size,
     )
-    evaluate(engine, items, config, format_prompt=format_prompt, model=args.model, engine_name=kind)
+    try:
+        evaluate(engine, items, config, format_prompt=format_prompt, model=args.model,
+                 engine_name=kind)
+    finally:
+        close = getattr(engine, "close", None)  # the vLLM sidecar is a child process
+        if close is not None:
+            close()
     print((out_dir / "results.md").read_text(encoding="utf-8"))
     print(f"wrote {out_dir}/results.{{json,md,png}}, samples/ and prompts/")
     return 0

@@ -13,7 +13,7 @@ from typing import Any
 from megatron_rlpt.errors import UsageError
 
 VLLM_MODULE = "megatron_rlpt.rollout.vllm_engine"
-VLLM_CLASS = "VLLMEngine"
+VLLM_CLASS = "VLLMModelEngine"  # the rollouts' vLLM sidecar, on a Hugging Face directory
 CONVERT_MODULE = "megatron_rlpt.convert"
 CONVERT_FUNCTION = "megatron_to_hf"
 
@@ -76,16 +76,23 @@ def resolve_model(model: str, work_dir: Path) -> str:
 
 
 def choose_engine(kind: str) -> str:
-    """`vllm` or `hf` for `--engine auto|vllm|hf`: auto takes vLLM when it is installed."""
+    """`vllm` or `hf` for `--engine auto|vllm|hf`.
+
+    vLLM runs as the rollouts' sidecar, in whichever Python `VLLMConfig.python` resolves to
+    (`$RLPT_VLLM_PYTHON`, `.venv-vllm` here or in the checkout, or this Python). `auto` takes it
+    when vLLM is importable in this Python (GPU installs), else the in-process HF engine.
+    """
     if kind == "auto":
         return "vllm" if _importable("vllm") and _importable(VLLM_MODULE) else "hf"
     if kind == "vllm":
-        if not _importable("vllm"):
-            raise UsageError(
-                "--engine vllm: vLLM is not installed (pip install megatron-rlpt[vllm])"
-            )
         if not _importable(VLLM_MODULE):
             raise UsageError(f"--engine vllm: this install has no {VLLM_MODULE}; use --engine hf")
+        from megatron_rlpt.rollout.vllm_engine import resolve_python
+
+        try:
+            resolve_python()
+        except UsageError as err:
+            raise UsageError(f"--engine vllm: {err}") from None
         return "vllm"
     if kind == "hf":
         return "hf"

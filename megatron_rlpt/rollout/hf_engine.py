@@ -51,6 +51,20 @@ def policy_logprobs(logits: Any, sampling: SamplingParams) -> Any:
     return torch.log_softmax(filtered_logits(logits, sampling), dim=-1)
 
 
+def encode_prompt(tokenizer: Any, prompt: str, pad_id: int | None = None) -> list[int]:
+    """Token ids of a text prompt, as every engine that takes text feeds it to the model: with
+    the tokenizer's special tokens, unless the prompt (chat-templated) already starts with BOS;
+    never empty (BOS, else `pad_id`, else 0)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    # A chat-templated prompt already starts with BOS; do not add a second one.
+    add_special = not (bos and prompt.startswith(bos))
+    ids = tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
+    if not ids:
+        fallback = tokenizer.bos_token_id
+        ids = [fallback if fallback is not None else (pad_id or 0)]
+    return list(ids)
+
+
 class HFEngine:
     """`RolloutEngine` on a transformers `AutoModelForCausalLM`, generating in this process."""
 
@@ -173,14 +187,7 @@ class HFEngine:
     # -- internals -------------------------------------------------------------------------
 
     def _encode(self, prompt: str) -> list[int]:
-        bos = getattr(self.tokenizer, "bos_token", None)
-        # A chat-templated prompt already starts with BOS; do not add a second one.
-        add_special = not (bos and prompt.startswith(bos))
-        ids = self.tokenizer(prompt, add_special_tokens=add_special)["input_ids"]
-        if not ids:
-            fallback = self.tokenizer.bos_token_id
-            ids = [fallback if fallback is not None else self.pad_id]
-        return list(ids)
+        return encode_prompt(self.tokenizer, prompt, self.pad_id)
 
     def _generate_batch(
         self,

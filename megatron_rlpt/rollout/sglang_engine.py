@@ -21,6 +21,8 @@ import asyncio
 import itertools
 import json
 import random
+import re
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -142,15 +144,41 @@ class SGLangClient:
         return [self._completions(r, n) for r in asyncio.run(self._run(jobs))]
 
     def update_weights_from_disk(self, model_path: str) -> None:
-        """Every server loads `model_path`, then drops its prefix cache."""
-        asyncio.run(self._run([(e, "/update_weights_from_disk", {"model_path": model_path})
-                               for e in self.endpoints]))
+        """Every server loads `model_path`, then drops its prefix cache. Returns once every
+        server has confirmed the load; a server that answers `success: false` is an error."""
+        replies = asyncio.run(self._run([
+            (e, "/update_weights_from_disk", {"model_path": model_path}) for e in self.endpoints]))
+        for endpoint, reply in zip(self.endpoints, replies):
+            if isinstance(reply, dict) and reply.get("success") is False:
+                raise SGLangError(f"SGLang server {endpoint} did not load {model_path}: "
+                                  f"{reply.get('message', '')}")
         asyncio.run(self._run([(e, "/flush_cache", {}) for e in self.endpoints]))
+
+
+PUSH_PATTERN = re.compile(r"push-(\d{6,})")
+
+
+def push_dirs(weights_dir: Path) -> dict[int, Path]:
+    """The weight pushes in `weights_dir` by number (`push-NNNNNN`; temporary ones left out)."""
+    if not weights_dir.is_dir():
+        return {}
+    found = {}
+    for p in weights_dir.iterdir():
+        m = PUSH_PATTERN.fullmatch(p.name)
+        if m and p.is_dir():
+            found[int(m.group(1))] = p
+    return found
 
 
 class SGLangEngine:
     """The trainer-facing engine: the model-parallel group's first rank talks to the servers and
-    broadcasts the completions; every rank takes part in gathering the weights to push."""
+    broadcasts the completions; every rank takes part in gathering the weights to push.
+
+    The trainer's weights are pushed at start-up and after every step. Every data-parallel
+    replica generates through the servers, but the weights (the same on every replica) are
+    pushed once, by the first replica's first rank; the others wait for it. Only the last push
+    the servers confirmed stays on disk.
+    """
 
     def __init__(self, state: Any, tokenizer: Any, model_cfg: Any, cfg: SGLangConfig) -> None:
         from megatron.core import parallel_state as ps
@@ -163,7 +191,12 @@ class SGLangEngine:
         self.src = torch.distributed.get_process_group_ranks(self.group)[0]
         self.owner = torch.distributed.get_rank() == self.src
         self.client = SGLangClient(cfg, tokenizer) if self.owner else None
-        self._pushes = itertools.count(1)
+        self.pusher = self.owner and ps.get_data_parallel_rank(with_context_parallel=True) == 0
+        # Numbers go on from a previous run's pushes (a resumed run), never reusing a name.
+        self._pushes = itertools.count(max(push_dirs(Path(cfg.weights_dir)), default=0) + 1)
+        # The servers started from MODEL, which need not be this policy (a fresh model, a
+        # resumed run): the first rollouts must come from the trainer's own weights.
+        self.push()
 
     def generate_ids(self, prompt_ids: list[list[int]], n: int,
                      sampling: SamplingParams) -> list[list[Completion]]:
@@ -173,23 +206,31 @@ class SGLangEngine:
         return holder[0]
 
     def push(self) -> None:
-        """Write the trainer's weights as a Hugging Face directory and have the servers load it."""
+        """Write the trainer's weights as a Hugging Face directory, have the servers load it,
+        then remove the older pushes. Every rank calls this; it returns on all of them once the
+        servers hold the new weights."""
         from megatron_rlpt.convert.hf_config import hf_config_from_model
         from megatron_rlpt.convert.live import hf_named_tensors
         from megatron_rlpt.rollout.vllm_engine import _write_weights
         from megatron_rlpt.utils.io import atomic_directory
 
         weights = hf_named_tensors(self.state, self.model_cfg, gather_pipeline=True)
-        if not self.owner:
+        if self.pusher:
+            target = Path(self.cfg.weights_dir) / f"push-{next(self._pushes):06d}"
+            with atomic_directory(target) as tmp:
+                _write_weights(tmp, weights, self.model_cfg.torch_dtype)
+                (tmp / "config.json").write_text(json.dumps(hf_config_from_model(self.model_cfg)))
+                self.tokenizer.save_pretrained(str(tmp))
+            self.client.update_weights_from_disk(str(target))
+            # Acknowledged by every server: the older pushes are no longer read by anyone.
+            for old in push_dirs(target.parent).values():
+                if old != target:
+                    shutil.rmtree(old, ignore_errors=True)
+        else:
             for _ in weights:  # the gathers are collectives: take part, keep nothing
                 pass
-            return
-        target = Path(self.cfg.weights_dir) / f"push-{next(self._pushes):06d}"
-        with atomic_directory(target) as tmp:
-            _write_weights(tmp, weights, self.model_cfg.torch_dtype)
-            (tmp / "config.json").write_text(json.dumps(hf_config_from_model(self.model_cfg)))
-            self.tokenizer.save_pretrained(str(tmp))
-        self.client.update_weights_from_disk(str(target))
+        if torch.distributed.get_world_size() > 1:
+            torch.distributed.barrier()  # no replica generates before the servers have loaded
 
     def update_weights(self, weights: Any = None) -> None:
         self.push()

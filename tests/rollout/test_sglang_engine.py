@@ -124,3 +124,31 @@ def test_weight_update_from_disk_then_cache_flush_on_every_server():
 def test_no_endpoints_is_a_usage_error():
     with pytest.raises(UsageError):
         SGLangClient(SGLangConfig())
+
+
+class RefusingSGLang(FakeSGLang):
+    """Answers weight loads with SGLang's `success: false` (a path it cannot read)."""
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        if request.path == "/update_weights_from_disk":
+            body = await request.json()
+            self.requests.append((request.path, body))
+            return web.json_response({"success": False, "message": "no such directory"})
+        return await super()._handle(request)
+
+
+def test_a_refused_weight_load_is_an_error_and_nothing_is_flushed():
+    good, bad = FakeSGLang(), RefusingSGLang()
+    with pytest.raises(SGLangError, match=f"{bad.url} did not load /w/push-000002: no such"):
+        _client(good, bad).update_weights_from_disk("/w/push-000002")
+    assert [p for p, _ in bad.requests] == ["/update_weights_from_disk"]
+
+
+def test_push_dirs_lists_finished_pushes_only(tmp_path):
+    from megatron_rlpt.rollout.sglang_engine import push_dirs
+
+    for name in ("push-000001", "push-000012", ".push-000013.abc.tmp", "push-x", "other"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "push-000014").write_text("a file, not a push")
+    assert push_dirs(tmp_path) == {1: tmp_path / "push-000001", 12: tmp_path / "push-000012"}
+    assert push_dirs(tmp_path / "missing") == {}

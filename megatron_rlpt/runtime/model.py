@@ -83,6 +83,20 @@ class ModelConfig:
     recompute_granularity: str | None = None
     """Activation recompute: `full` (recompute every layer in backward), `selective` (only the
     attention core) or None (keep activations)."""
+    bias_activation_fusion: bool = True
+    """Fused SwiGLU (Megatron's compiled kernel) on CUDA; always off on the CPU."""
+    masked_softmax_fusion: bool = True
+    """Fused scaled, masked softmax in attention on CUDA, where its kernel
+    (`scaled_masked_softmax_cuda`) is installed and the shapes allow it (local spec; TE's
+    attention has its own); always off on the CPU."""
+    bias_dropout_fusion: bool = True
+    """Fused bias-dropout-add after attention and MLP on CUDA; always off on the CPU."""
+    apply_rope_fusion: bool = True
+    """Fused rotary embedding on CUDA when Transformer Engine provides the kernel; always off on
+    the CPU."""
+    gradient_accumulation_fusion: bool = True
+    """Accumulate weight gradients straight into the fp32 main grads in the weight-gradient GEMM,
+    on CUDA when `fused_weight_gradient_mlp_cuda` (APEX) is installed; always off on the CPU."""
 
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, dict):
@@ -146,6 +160,47 @@ def has_transformer_engine() -> bool:
     return True
 
 
+FUSIONS = ("bias_activation_fusion", "masked_softmax_fusion", "bias_dropout_fusion",
+           "apply_rope_fusion", "gradient_accumulation_fusion")
+
+
+def fusion_kernels_available() -> dict[str, bool]:
+    """Which of Megatron's fusions can run here: each needs CUDA, some an extra kernel module.
+
+    Asked the way Megatron-Core itself decides, so that switching one on never fails its config
+    validation or a layer's constructor.
+    """
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        return dict.fromkeys(FUSIONS, False)
+    from megatron.core.models.common.embeddings import rope_utils
+
+    def has(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):
+            return False
+
+    return {
+        "bias_activation_fusion": True,  # Megatron's own compiled kernels
+        "bias_dropout_fusion": True,
+        "masked_softmax_fusion": has("scaled_masked_softmax_cuda"),
+        # TransformerConfig refuses rope fusion when neither fused function imported (TE).
+        "apply_rope_fusion": (rope_utils.fused_apply_rotary_pos_emb is not None
+                              or rope_utils.fused_apply_rotary_pos_emb_thd is not None),
+        # The output layer is Megatron's ColumnParallelLinear, which needs APEX's kernel
+        # (with TE or not).
+        "gradient_accumulation_fusion": has("fused_weight_gradient_mlp_cuda"),
+    }
+
+
+def active_fusions(cfg: ModelConfig) -> dict[str, bool]:
+    """The fusions a model built from `cfg` uses here: switched on and available."""
+    available = fusion_kernels_available()
+    return {name: bool(getattr(cfg, name)) and available[name] for name in FUSIONS}
+
+
 def transformer_config(cfg: ModelConfig, parallel: Any = None) -> Any:
     """Megatron `TransformerConfig` for `cfg` under the given ParallelConfig."""
     import torch.nn.functional as F
@@ -179,13 +234,10 @@ def transformer_config(cfg: ModelConfig, parallel: Any = None) -> Any:
         virtual_pipeline_model_parallel_size=getattr(parallel, "virtual_pipeline", None),
         context_parallel_size=getattr(parallel, "context_parallel", 1),
         sequence_parallel=getattr(parallel, "sequence_parallel", False),
-        # Fused kernels need CUDA extensions; the unfused paths are exact and portable.
-        bias_activation_fusion=False,
-        masked_softmax_fusion=False,
+        # Megatron-LM's fusions on CUDA where their kernels exist (each has a switch); the
+        # unfused paths on the CPU. The persistent kernel is LayerNorm's, and these are RMSNorm.
+        **active_fusions(cfg),
         persist_layer_norm=False,
-        bias_dropout_fusion=False,
-        apply_rope_fusion=False,
-        gradient_accumulation_fusion=False,
         # Losses are token sums; Megatron divides by the global token count.
         calculate_per_token_loss=True,
         # RL micro-batches have varying lengths.
@@ -276,6 +328,13 @@ def build_model(cfg: ModelConfig, parallel: Any = None) -> BuiltModel:
                 high_freq_factor=s.high_freq_factor,
                 original_max_position_embeddings=s.original_max_position_embeddings,
             )
+        if torch.cuda.is_available():
+            # Initialised on the CPU (so the weights do not depend on TP), run on this GPU. The
+            # rotary frequencies are a plain attribute, which Module.cuda() does not move.
+            model.cuda(torch.cuda.current_device())
+            rope = getattr(model, "rotary_pos_emb", None)
+            if rope is not None:
+                rope.inv_freq = rope.inv_freq.cuda(torch.cuda.current_device())
         if cfg.params_dtype == "bf16":
             # Casts inputs to bf16 and the last stage's outputs back to fp32.
             model = Float16Module(tconfig, model)

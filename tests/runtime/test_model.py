@@ -37,3 +37,22 @@ def test_bf16_and_llama3_rope_scaling():
     base = 1.0 / (10000.0 ** (torch.arange(0, dim, 2).float() / dim))
     assert torch.allclose(out["inv_freq"][0], base[0])
     assert torch.allclose(out["inv_freq"][-1], base[-1] / 8)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU side of the fusion switches")
+def test_fusions_are_on_by_default_and_off_on_the_cpu():
+    """Megatron-LM's fusions are switched on by default, and a machine without CUDA (or without
+    a fusion's kernel) builds the unfused path instead of failing."""
+    from megatron_rlpt.runtime.model import (
+        FUSIONS,
+        active_fusions,
+        fusion_kernels_available,
+        transformer_config,
+    )
+
+    cfg = ModelConfig()
+    assert all(getattr(cfg, name) for name in FUSIONS)
+    assert fusion_kernels_available() == dict.fromkeys(FUSIONS, False)
+    assert active_fusions(cfg) == dict.fromkeys(FUSIONS, False)
+    tconfig = transformer_config(cfg)
+    assert not any(getattr(tconfig, name) for name in FUSIONS)

@@ -534,6 +534,11 @@ def prepare(inputs: list[str], output: str | Path, tokenizer: str | Path | None 
             pool.join()
     seconds = time.monotonic() - t_start
     log(summary(manifest, time.monotonic() - t_loop, bar.bytes))
+    quality = manifest["stages"]["filter"].get("quality")
+    if quality and quality["failed"]:
+        fate = "kept unscored" if cfg.quality.on_failure == "keep" else "dropped"
+        log(f"warning: the quality model failed on {quality['failed']} documents ({fate}): "
+            f"{quality['failed_by_status']}")
     return PrepareResult(output, manifest, seconds)
 
 

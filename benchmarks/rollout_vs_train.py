@@ -23,6 +23,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,6 +69,9 @@ def main() -> None:
                             str(run)], check=True, cwd=REPO,
                            env={**os.environ, "WANDB_MODE": "disabled"})
         result = summarize(run)
+        if args.run is not None:  # measured earlier, under a load this process did not see
+            finished = (run / "rlpt" / "metrics.jsonl").stat().st_mtime
+            result["run_finished"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(finished))
     result.update(load_avg_start=load, load_avg_end=os.getloadavg()[0])
     print(f"rollout {result['rollout_ms_per_token']:.2f} ms per generated token, training "
           f"{result['train_ms_per_token']:.2f} ms per trained token: ratio "

@@ -36,13 +36,24 @@ def _warnings_once() -> None:
     """Show each warning text once per process rather than once per place it is raised from.
 
     Warnings are kept (a cluster job's log is where a user looks for what went wrong), but a
-    warning raised in a loop, or from each of several modules (Megatron-Core's kernel
-    fallbacks), is not repeated. `-W` or PYTHONWARNINGS, when given, decide instead.
+    warning raised in a loop, or with the same text from several modules (Megatron-Core's
+    kernel fallbacks), is not repeated. The filters stay as they are (libraries' own `ignore`
+    filters keep working; `-W` and PYTHONWARNINGS still apply); only the display is deduplicated,
+    since the `once` action's registry does not survive imports that reset it.
     """
-    if sys.warnoptions:
+    show = warnings.showwarning
+    if getattr(show, "_rlpt_once", False):
         return
-    for category in (UserWarning, FutureWarning, RuntimeWarning):
-        warnings.filterwarnings("once", category=category)
+    seen: set[tuple[type, str]] = set()
+
+    def show_once(message, category, filename, lineno, file=None, line=None):  # noqa: ANN001, ANN202
+        key = (category, str(message))
+        if key not in seen:
+            seen.add(key)
+            show(message, category, filename, lineno, file, line)
+
+    show_once._rlpt_once = True  # type: ignore[attr-defined]
+    warnings.showwarning = show_once
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,10 +74,15 @@ def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
 
 
 def _prepared_tokenizer(cfg: TrainConfig) -> Path | None:
-    """The tokenizer `rlpt prepare` recorded in the data's manifest, if it is still there."""
+    """The tokenizer `rlpt prepare` recorded in the data's manifest, if it is still there (of
+    a blend, the first path's)."""
     import json
 
-    manifest = Path(cfg.data.path) / "manifest.json"
+    paths = [cfg.data.path] if isinstance(cfg.data.path, str) \
+        else [p for p in cfg.data.path if isinstance(p, str)]
+    if not paths:
+        return None
+    manifest = Path(paths[0]) / "manifest.json"
     if manifest.is_file():
         recorded = json.loads(manifest.read_text()).get("tokenizer", {}).get("path")
         if recorded and Path(recorded).is_dir():
@@ -198,6 +203,10 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
         start_step = resumed["step"]
     elif cfg.run.init_from:
         load_checkpoint(cfg.run.init_from, state.chunks, restore_rng=False)
+        # bf16/fp16 optimizers (and the distributed one) step fp32 main copies made at set-up
+        # from the random init; without this the first step writes those back over the loaded
+        # weights.
+        state.optimizer.reload_model_params()
     if rank0:
         if latest is not None:
             print(f"rlpt train: resumed from {latest} at step {start_step} of {cfg.run.steps}",

@@ -1,46 +1,105 @@
-"""`run.init_from` under a mixed-precision optimizer: training continues from the loaded weights.
-
-bf16 parameters are stepped through fp32 main copies that the optimizer makes when it is built,
-from the random initialisation. The weights loaded from `run.init_from` afterwards must reach
-those copies, or the first optimizer step writes the random init back over them (every paper
-config trains in bf16 from a previous stage).
-"""
+"""`rlpt train` with run.init_from takes the model architecture and tokenizer from the checkpoint:
+a converted root seeds a run with no `model:` section, that run's directory seeds the next one,
+runtime knobs may be set over the checkpoint's config and architectural conflicts are refused."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.multirank import REPO_ROOT, run_multirank
+import pytest
+import yaml
 
-QUICKSTART = REPO_ROOT / "examples" / "quickstart_cpu.yaml"
-
-
-def _train(out: Path, data: Path, *overrides: str) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "megatron_rlpt.cli", "train", "--config", str(QUICKSTART),
-         "run.stage=sft", f"data.path={data}", f"run.output_dir={out}", "run.steps=1",
-         "run.progress=false", "model.params_dtype=bf16", "optim.distributed_optimizer=true",
-         "batch.sequences_per_step=2", "batch.micro_batch_size=1", *overrides],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+from megatron_rlpt.config import TrainConfig
+from megatron_rlpt.convert.model_config_file import merge_model_config
+from megatron_rlpt.errors import UsageError
+from megatron_rlpt.runtime.model import ModelConfig
+from megatron_rlpt.synthetic import cycling_corpus
+from megatron_rlpt.utils.config import given_keys, load_config
+from tests.convert.fixtures import build_hf_model, write_tokenizer
+from tests.train.test_resume import _rlpt
 
 
-def test_bf16_run_from_init_from_keeps_the_loaded_weights(tmp_path: Path):
-    data = tmp_path / "sft.jsonl"
-    data.write_text("".join(json.dumps({"prompt": f"Count to {n}.", "response": " ".join(
-        str(i) for i in range(1, n + 1))}) + "\n" for n in range(2, 6)))
-    _train(tmp_path / "a", data, "run.seed=1")
-    # Another seed (so another random init), and a learning rate too small to move a bf16
-    # weight: the step must leave exactly the weights it loaded.
-    _train(tmp_path / "b", data, "run.seed=2", f"run.init_from={tmp_path / 'a'}",
-           "optim.lr=1e-12", "optim.schedule=constant")
-    diff = run_multirank("tests.train.workers:checkpoint_weights_diff", nproc=1,
-                         config=str(tmp_path / "b" / "config.yaml"),
-                         ckpt_a=str(tmp_path / "a" / "checkpoints" / "iter_0000001"),
-                         ckpt_b=str(tmp_path / "b" / "checkpoints" / "iter_0000001"))[0]
-    assert diff == 0.0
+def _run(args: list[str]) -> tuple[int, str]:
+    proc = _rlpt(args)
+    out, _ = proc.communicate(timeout=600)
+    return proc.returncode, out
+
+
+def _config(tmp: Path, out: Path, init_from: Path, **model: object) -> Path:
+    """A one-step pretraining run from `init_from`; `model` is the only model section given."""
+    corpus = tmp / "corpus.jsonl"
+    if not corpus.exists():
+        corpus.write_text("".join(json.dumps(r) + "\n" for r in cycling_corpus(20, 3)))
+    cfg = {
+        "run": {"stage": "pretrain", "output_dir": str(out), "steps": 1, "init_from": str(init_from),
+                "progress": False, "wandb": {"mode": "disabled"}},
+        "optim": {"lr": 1e-3},
+        "data": {"path": str(corpus), "seq_length": 32},
+        "batch": {"sequences_per_step": 2, "micro_batch_size": 2},
+    }
+    if model:
+        cfg["model"] = model
+    path = tmp / f"{out.name}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_init_from_takes_model_and_tokenizer_from_checkpoint(tmp_path):
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    build_hf_model("qwen2", tmp_path / "hf", tokenizer)  # vocab 320, untied, QKV bias
+    root = tmp_path / "converted"
+    rc, out = _run(["convert", "hf-to-megatron", "--hf", str(tmp_path / "hf"), "--out", str(root)])
+    assert rc == 0, out[-3000:]
+    converted = json.loads((root / "model_config.json").read_text())
+
+    # No model section: the shipped 8192-token tokenizer and default architecture would not fit.
+    rc, out = _run(["train", "--config", str(_config(tmp_path, tmp_path / "first", root))])
+    assert rc == 0, out[-3000:]
+    first = tmp_path / "first"
+    saved = yaml.safe_load((first / "config.yaml").read_text())["model"]
+    assert saved == converted
+    assert json.loads((first / "checkpoints" / "model_config.json").read_text()) == converted
+    assert (first / "checkpoints" / "tokenizer" / "tokenizer.json").read_bytes() == \
+        (root / "tokenizer" / "tokenizer.json").read_bytes()
+
+    # The run directory seeds the next run; a runtime knob and an agreeing field may be set.
+    second_cfg = _config(tmp_path, tmp_path / "second", first, max_position_embeddings=64,
+                         hidden_size=converted["hidden_size"])
+    rc, out = _run(["train", "--config", str(second_cfg)])
+    assert rc == 0, out[-3000:]
+    saved = yaml.safe_load((tmp_path / "second" / "config.yaml").read_text())["model"]
+    assert saved == {**converted, "max_position_embeddings": 64}
+
+    # A conflicting architectural field names both values, from the YAML or an override.
+    rc, out = _run(["train", "--config", str(second_cfg), "model.num_layers=4",
+                    "run.output_dir=" + str(tmp_path / "third")])
+    assert rc == 2, out[-3000:]
+    assert "model.num_layers is 4 in the config but 2 in" in out
+    assert not (tmp_path / "third").exists()
+
+
+def test_merge_model_config_rules():
+    saved = ModelConfig(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
+                        num_attention_heads=9, num_query_groups=3, vocab_size=49152,
+                        tie_embeddings=True, rotary_base=100000.0)
+    given = ModelConfig(params_dtype="bf16", vocab_size=8192, num_layers=30,
+                        recompute_granularity="selective")
+    merged = merge_model_config(saved, given, {"params_dtype", "num_layers",
+                                               "recompute_granularity"}, "ckpt")
+    assert merged.params_dtype == "bf16" and merged.recompute_granularity == "selective"
+    assert merged.vocab_size == 49152 and merged.tie_embeddings
+    with pytest.raises(UsageError, match=r"model.vocab_size is 8192 in the config but 49152 in ckpt"):
+        merge_model_config(saved, given, {"vocab_size"}, "ckpt")
+    # Implicit defaults compare by meaning: one query group per head, head size hidden/heads.
+    mha = ModelConfig(num_attention_heads=4, hidden_size=64)
+    explicit = ModelConfig(num_attention_heads=4, hidden_size=64, num_query_groups=4, kv_channels=16)
+    assert merge_model_config(mha, explicit, {"num_query_groups", "kv_channels"}, "x") == mha
+
+
+def test_given_keys_sees_only_what_the_user_wrote(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  params_dtype: bf16\nrun:\n  steps: 3\n")
+    keys = given_keys(path, ["model.recompute_granularity=full", "optim.lr=1e-5"])
+    assert set(keys["model"]) == {"params_dtype", "recompute_granularity"}
+    assert load_config(TrainConfig, path).model.num_layers == ModelConfig().num_layers

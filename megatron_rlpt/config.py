@@ -40,13 +40,17 @@ class RunConfig:
     """Seed of data order, task mix, sampling and initialisation."""
     init_from: str | None = None
     """Checkpoint to take the initial weights from: a previous stage's run directory (its newest
-    checkpoint), a checkpoint root, one iter_N directory or the output of `rlpt convert
-    hf-to-megatron`; ignored when resuming. The model architecture and the tokenizer come from
-    it (see `model`)."""
+    checkpoint), a checkpoint root, one iter_N directory, the output of `rlpt convert
+    hf-to-megatron`, or a Megatron-LM torch_dist checkpoint (its --save directory or one
+    iteration); ignored when resuming. The model architecture and the tokenizer come from it
+    (see `model` and docs/convert.md)."""
     resume: bool = True
     """Continue from the newest complete checkpoint under output_dir/checkpoints if there is one."""
     save_every: int = 50
     """Save a checkpoint every this many steps (and always at the end)."""
+    eval_every: int = 0
+    """`pretrain`: compute the validation loss (`data.valid_path` or `data.split`) every this
+    many steps and at the last step; 0 never."""
     keep_last: int = 3
     """Checkpoints kept; older ones are deleted after a newer one is complete."""
     progress: bool = True
@@ -61,8 +65,24 @@ class RunConfig:
 class DataConfig:
     """Training data."""
 
-    path: str = ""
-    """`pretrain`/`rlpt`: the output directory of `rlpt prepare`. `sft`/`rlvr`: a JSONL file."""
+    path: str | list[float | str] = ""
+    """`pretrain`: Megatron-LM's blend of Megatron IndexedDataset prefixes (`/data/a_text_document`
+    for `.bin`/`.idx`): one prefix, a list of prefixes (weighted by size) or
+    `[0.3, /data/a, 0.7, /data/b]`; a JSONL file (`text` field), a plain text file or an
+    `rlpt prepare` directory may stand for a prefix (tokenized once into `data.cache_dir`).
+    `rlpt`: an `rlpt prepare` output directory, or `[w1, dirA, w2, dirB, ...]` to sample
+    prompts from several by weight. `sft`/`rlvr`: a JSONL file."""
+    valid_path: str | list[float | str] | None = None
+    """`pretrain`: validation data, in the same syntax as `path`; its loss (`valid/loss`) is
+    logged every `run.eval_every` steps. None: the validation part of `split`, if any."""
+    split: str | None = None
+    """`pretrain` without `valid_path`: Megatron-LM's train,valid,test split of `path`'s
+    documents, e.g. `98,2,0`. None trains on all of them."""
+    valid_sequences: int = 64
+    """`pretrain`: sequences per validation (the same ones each time)."""
+    cache_dir: str | None = None
+    """`pretrain`: where the dataset indices (and tokenized JSONL/text) are cached; built once,
+    on rank 0, reused by later runs. None: `<run.output_dir>/data_cache`."""
     tokenizer: str | None = None
     """Hugging Face tokenizer directory; None uses the tokenizer saved with the prepared data, or
     the project's shipped tokenizer."""
@@ -126,7 +146,7 @@ class TrainConfig:
     """What to run and where."""
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy architecture. With `run.init_from` it comes from the checkpoint's
-    model_config.json and this section is optional: it may set
+    model_config.json (or Megatron-LM's saved arguments) and this section is optional: it may set
     only params_dtype, fp8, transformer_impl, recompute_granularity, dropouts, init_method_std and
     max_position_embeddings; any other field must equal the checkpoint's (docs/convert.md)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
@@ -156,6 +176,10 @@ class TrainConfig:
             raise UsageError("run.steps must be >= 1")
         if not self.data.path:
             raise UsageError("data.path is required")
+        if not isinstance(self.data.path, str) and self.run.stage in ("sft", "rlvr"):
+            raise UsageError(f"data.path of {self.run.stage} is one JSONL file, not a list")
+        if self.run.eval_every < 0 or self.data.valid_sequences < 0:
+            raise UsageError("run.eval_every and data.valid_sequences must be >= 0")
         if self.rollout.engine not in ("megatron", "vllm", "sglang"):
             raise UsageError(f"rollout.engine must be megatron, vllm or sglang, got {self.rollout.engine!r}")
         if self.rollout.engine == "megatron" and self.parallel.pipeline_parallel > 1 \

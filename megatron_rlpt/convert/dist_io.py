@@ -78,7 +78,8 @@ def checkpoint_key(name: str) -> tuple[str, int | None]:
     return "decoder.layers." + _CKPT_LAYER_KEYS.get(suffix, suffix), layer
 
 
-def check_checkpoint(ckpt_dir: Path, cfg: ModelConfig) -> tuple[int, dict[str, torch.dtype]]:
+def check_checkpoint(ckpt_dir: Path, cfg: ModelConfig, source: str = "model_config.json"
+                     ) -> tuple[int, dict[str, torch.dtype]]:
     """Compare the checkpoint's tensors with `cfg`; return the padded vocabulary and dtypes.
 
     Raises UsageError for a missing tensor or a shape that disagrees with the model config.
@@ -106,7 +107,7 @@ def check_checkpoint(ckpt_dir: Path, cfg: ModelConfig) -> tuple[int, dict[str, t
         found = tuple(meta[key].global_shape)
         if found != expected:
             raise UsageError(
-                f"checkpoint tensor {key} has shape {found}, but model_config.json implies {expected}"
+                f"checkpoint tensor {key} has shape {found}, but {source} implies {expected}"
             )
         dtypes[key] = meta[key].dtype
     return padded, dtypes
@@ -132,7 +133,10 @@ def read_layer_tensors(ckpt_dir: Path, cfg: ModelConfig, names: list[str], padde
                 key, torch.empty((1, *shape), dtype=dtypes[key]), (0, layer, cfg.num_layers),
                 replica_id=0)
     # Reading one layer is a partial read, which the access-integrity check would refuse.
-    loaded = dist_checkpointing.load(request, str(ckpt_dir), validate_access_integrity=False)
+    from megatron_rlpt.convert.megatron_lm import allowed_globals
+
+    with allowed_globals():  # megatron-core loads common.pt too (Megatron-LM's holds its args)
+        loaded = dist_checkpointing.load(request, str(ckpt_dir), validate_access_integrity=False)
     return {name: t[0] if checkpoint_key(name)[1] is not None else t for name, t in loaded.items()}
 
 

@@ -47,6 +47,8 @@ class ExportPlan:
     """Tokenizer files to copy."""
     dtype: torch.dtype | None
     """Dtype of the written weights; None keeps the checkpoint's."""
+    source: str = "model_config.json"
+    """Where the model config was read (for messages)."""
 
 
 def _template(root: Path, hf_template: Path | None, name: str) -> dict[str, Any] | None:
@@ -71,21 +73,29 @@ def _check_template(cfg: ModelConfig, template: dict[str, Any]) -> None:
 def plan_export(ckpt: str | os.PathLike, hf_template: str | os.PathLike | None = None,
                 dtype: str | None = None) -> ExportPlan:
     """Check the export's inputs (not the tensors); UsageError on the first problem."""
+    from megatron_rlpt.convert.checkpoint_model import checkpoint_model
     from megatron_rlpt.runtime.checkpoint import resolve_checkpoint
 
     ref = resolve_checkpoint(ckpt)
     root, ckpt_dir = ref.root, ref.iter_dir
-    cfg = load_model_config(root)
     template_dir = Path(hf_template) if hf_template else None
     if template_dir is not None and not template_dir.is_dir():
         raise UsageError(f"--hf-template directory not found: {template_dir}")
+    if ref.megatron_lm:
+        found = checkpoint_model(ref, tokenizer_hint=hf_template)
+        cfg = found.model
+        ckpt_tokenizer = found.tokenizer
+    else:
+        cfg = load_model_config(root)
+        ckpt_tokenizer = root / TOKENIZER_DIR
     if dtype not in (None, *_TORCH_DTYPES):
         raise UsageError(f"dtype must be one of {', '.join(_TORCH_DTYPES)}, got {dtype!r}")
     template = _template(root, template_dir, "config.json")
     if template is not None:
         _check_template(cfg, template)
     tokenizer: list[Path] = []
-    for directory in ([template_dir] if template_dir else []) + [root / TOKENIZER_DIR]:
+    for directory in ([template_dir] if template_dir else []) + \
+            ([ckpt_tokenizer] if ckpt_tokenizer else []):
         tokenizer = hf_files.tokenizer_files(directory)
         if tokenizer:
             break
@@ -100,7 +110,9 @@ def plan_export(ckpt: str | os.PathLike, hf_template: str | os.PathLike | None =
     generation = hf_files.generation_config(
         _template(root, template_dir, "generation_config.json"), config, token_ids)
     return ExportPlan(ckpt_dir=ckpt_dir, cfg=export_cfg, config=config, generation=generation,
-                      tokenizer=tokenizer, dtype=_TORCH_DTYPES[dtype] if dtype else None)
+                      tokenizer=tokenizer, dtype=_TORCH_DTYPES[dtype] if dtype else None,
+                      source="the saved Megatron-LM arguments" if ref.megatron_lm
+                      else "model_config.json")
 
 
 def megatron_to_hf(src_ckpt_dir: str | os.PathLike, dst_dir: str | os.PathLike,
@@ -124,7 +136,7 @@ def megatron_to_hf(src_ckpt_dir: str | os.PathLike, dst_dir: str | os.PathLike,
         raise UsageError(f"output {dst_dir} exists and is not empty (pass --overwrite to replace it)")
     written_dtype = plan.dtype or plan.cfg.torch_dtype
     plan.config["torch_dtype"] = plan.config["dtype"] = str(written_dtype).replace("torch.", "")
-    padded, dtypes = check_checkpoint(plan.ckpt_dir, plan.cfg)
+    padded, dtypes = check_checkpoint(plan.ckpt_dir, plan.cfg, plan.source)
     with local_process_group():  # reads need a process group, not Megatron's parallel state
         with atomic_directory(dst_dir) as tmp:
             writer = hf_files.ShardedSafetensorsWriter(tmp, max_bytes)

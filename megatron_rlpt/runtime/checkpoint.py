@@ -3,7 +3,9 @@
 Layout under a run's checkpoint root:
 
     latest_checkpointed_iteration.txt    step of the newest complete checkpoint (atomic write)
-    iter_0000010/                        Megatron dist-checkpoint (TP/PP-independent layout)
+    iter_0000010/                        Megatron dist-checkpoint (TP/PP-independent layout);
+                                         common.pt carries checkpoint_version 3.0 and iteration,
+                                         as Megatron-LM's `--load` expects
         COMPLETE                         written last, before the directory gets its final name
         trainer_state.json               step, data position and anything the trainer adds
         rng/rank_00000.pt                this rank's RNG states (restored when the layout matches)
@@ -34,6 +36,8 @@ logger = logging.getLogger(__name__)
 LATEST_FILE = "latest_checkpointed_iteration.txt"
 COMPLETE_MARKER = "COMPLETE"
 TRAINER_STATE = "trainer_state.json"
+MEGATRON_LM_CHECKPOINT_VERSION = 3.0
+"""`checkpoint_version` Megatron-LM writes into (and expects in) a torch_dist checkpoint."""
 _ITER_RE = re.compile(r"^iter_(\d{7,})$")
 # Distributed-optimizer states are saved shard by shard (no gather): a run resumes at any DP size
 # but the same TP/PP. Megatron's fully reshardable format needs Apex/TE's fused Adam (it has no
@@ -93,17 +97,25 @@ class CheckpointRef:
     model_config.json and tokenizer/)."""
     iter_dir: Path
     """The one iteration directory read."""
+    megatron_lm: bool = False
+    """Written by Megatron-LM's own training loop (no COMPLETE marker, no model_config.json; see
+    `convert.megatron_lm`)."""
 
 
 def _is_checkpoint_root(path: Path) -> bool:
-    return (path / LATEST_FILE).is_file() or any(_ITER_RE.match(p.name) for p in path.iterdir())
+    return (path / LATEST_FILE).is_file() or any(_ITER_RE.match(p.name) or p.name == "release"
+                                                 for p in path.iterdir())
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
     """The checkpoint a user means by `path`: a run directory of `rlpt train` (its newest
     checkpoint under checkpoints/), a checkpoint root (its newest complete iteration) or one
-    iteration directory. Every command that takes a checkpoint resolves it here.
+    iteration directory. Megatron-LM's torch_dist checkpoints (a `--save` directory with its
+    tracker file, or one iter_N / release directory) are taken too. Every command that takes a
+    checkpoint resolves it here.
     """
+    from megatron_rlpt.convert import megatron_lm
+
     path = Path(path)
     if not path.is_dir():
         raise UsageError(f"checkpoint not found: {path}")
@@ -112,15 +124,23 @@ def resolve_checkpoint(path: str | os.PathLike) -> CheckpointRef:
 
         root = path if (path / MODEL_CONFIG_FILE).is_file() else path.parent
         return CheckpointRef(root=root, iter_dir=path)
+    if megatron_lm.is_legacy_checkpoint(path):
+        megatron_lm.refuse_legacy(path)
+    if megatron_lm.is_dist_checkpoint(path) and (path / megatron_lm.COMMON_FILE).is_file():
+        return CheckpointRef(root=path.parent, iter_dir=path, megatron_lm=True)
     root = path
     if not _is_checkpoint_root(path) and (path / RUN_CHECKPOINTS).is_dir():
         root = path / RUN_CHECKPOINTS  # a run directory
     latest = latest_checkpoint(root)
-    if latest is None:
-        raise UsageError(
-            f"no complete checkpoint at {path} (expected a run directory of `rlpt train`, a "
-            "checkpoint root with iter_*/ directories, or one iter_* directory)")
-    return CheckpointRef(root=root, iter_dir=latest)
+    if latest is not None:
+        return CheckpointRef(root=root, iter_dir=latest)
+    tracked = megatron_lm.tracked_iteration(root) if root.is_dir() else None
+    if tracked is not None:
+        return CheckpointRef(root=root, iter_dir=tracked, megatron_lm=True)
+    raise UsageError(
+        f"no complete checkpoint at {path} (expected a run directory of `rlpt train`, a "
+        "checkpoint root with iter_*/ directories, one iter_* directory, or a Megatron-LM "
+        "torch_dist checkpoint)")
 
 
 def _unwrap_ddp(chunks: list[Any]) -> list[Any]:
@@ -234,6 +254,8 @@ def save_checkpoint(
     _barrier()
 
     sharded = _model_sharded_state_dict(chunks)
+    # What Megatron-LM's `--load` reads from the common state besides the model.
+    sharded.update(checkpoint_version=MEGATRON_LM_CHECKPOINT_VERSION, iteration=step)
     if optimizer is not None:
         sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=_OPTIM_METADATA)
         sharded["adam_step"] = _adam_step(optimizer)
@@ -278,7 +300,15 @@ def load_checkpoint(
     """
     from megatron.core import dist_checkpointing
 
-    path = resolve_checkpoint(path).iter_dir
+    from megatron_rlpt.convert import megatron_lm
+
+    ref = resolve_checkpoint(path)
+    path = ref.iter_dir
+    if ref.megatron_lm:
+        if optimizer is not None or scheduler is not None:
+            raise UsageError(f"{path} was written by Megatron-LM: only its model weights load "
+                             "here (use it as run.init_from, not to resume)")
+        megatron_lm.load_common(path)  # refuses content outside the allow-list, before megatron-core loads it
 
     sharded = _model_sharded_state_dict(chunks)
     if optimizer is not None:
@@ -286,7 +316,8 @@ def load_checkpoint(
         sharded["optimizer"] = optimizer.sharded_state_dict(
             sharded, is_loading=True, metadata=_OPTIM_METADATA
         )
-    state = dist_checkpointing.load(sharded, str(path))
+    with megatron_lm.allowed_globals():
+        state = dist_checkpointing.load(sharded, str(path))
     chunks = _unwrap_ddp(chunks)
     if len(chunks) == 1:
         chunks[0].load_state_dict(state["model"])
@@ -301,6 +332,8 @@ def load_checkpoint(
     if scheduler is not None and "scheduler" in state:
         scheduler.load_state_dict(state["scheduler"])
 
+    if ref.megatron_lm:
+        return {"step": int(state.get("iteration") or 0), "path": str(path)}
     trainer_state = json.loads((path / TRAINER_STATE).read_text())
     rng_file = path / "rng" / f"rank_{_rank():05d}.pt"
     if restore_rng and trainer_state.get("world_size") == _world() and rng_file.is_file():

@@ -40,7 +40,11 @@ def _train(out: Path, data: Path, *overrides: str, cwd: Path = REPO_ROOT,
     env = {**(env if env is not None else os.environ), "OMP_NUM_THREADS": "1"}
     args = [sys.executable, "-m", "megatron_rlpt.cli", "train", "--config", str(EXAMPLE),
             f"data.path={data}", f"run.output_dir={out}", f"run.steps={STEPS}",
-            f"run.save_every={STEPS}", "run.progress=false", *overrides]
+            f"run.save_every={STEPS}", "run.progress=false",
+            # The example's 128 stops some data orders ("too small for the prompt template (and
+            # MSR's following segment) even with an empty context"); 192 + 48 new tokens still
+            # fit its 256 positions.
+            "rollout.max_prompt_tokens=192", *overrides]
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=1200)
 
 
@@ -53,7 +57,8 @@ def _check_run(proc: subprocess.CompletedProcess, run: Path) -> list[dict]:
     rows = _metrics(run)
     assert [r["step"] for r in rows] == list(range(1, STEPS + 1))
     for r in rows:
-        assert 0.0 <= r["reward"] <= 1.0 and math.isfinite(r["loss"])
+        assert 0.0 <= r["reward"] <= 1.0
+        assert r.get("update_skipped") or math.isfinite(r["loss"])
     assert (run / "checkpoints" / "latest_checkpointed_iteration.txt").read_text().strip() \
         == str(STEPS)
     return rows
@@ -68,11 +73,14 @@ def test_rlpt_train_with_vllm_from_the_shipped_example(prepared: Path, tmp_path:
     _vllm_python()  # fails with instructions when vLLM is not set up
     work = tmp_path / "vllm-work"
     proc = _train(tmp_path / "run", prepared, "rollout.engine=vllm",
-                  f"rollout.vllm.work_dir={work}")
+                  f"rollout.vllm.work_dir={work}",
+                  # A policy trained from scratch earns reward 0 everywhere; keep its groups so
+                  # that every step updates the model and pushes the weights.
+                  "grpo.drop_zero_variance_groups=false")
     rows = _check_run(proc, tmp_path / "run")
     stats = json.loads((work / "stats.json").read_text())
-    updates = sum(1 for r in rows if not r.get("update_skipped"))
-    assert stats["pushes"] == updates  # the weights went to vLLM after every update
+    assert not any(r.get("update_skipped") for r in rows)
+    assert stats["pushes"] == STEPS  # the weights went to vLLM after every update
     assert stats["requests"] >= 4 * STEPS and stats["completion_tokens"] > 0
     assert not list(work.glob("push-*")), "pushed weights left on disk"
 

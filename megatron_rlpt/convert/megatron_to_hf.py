@@ -94,8 +94,13 @@ def plan_export(ckpt: str | os.PathLike, hf_template: str | os.PathLike | None =
     if template is not None:
         _check_template(cfg, template)
     tokenizer: list[Path] = []
-    for directory in ([template_dir] if template_dir else []) + \
-            ([ckpt_tokenizer] if ckpt_tokenizer else []):
+    # Megatron-LM's own Hugging Face tokenizer (its vocabulary sized the model config) comes
+    # before the template; our roots' saved tokenizer after it.
+    directories = ([template_dir] if template_dir else []) + \
+        ([ckpt_tokenizer] if ckpt_tokenizer else [])
+    if ref.megatron_lm:
+        directories.reverse()
+    for directory in directories:
         tokenizer = hf_files.tokenizer_files(directory)
         if tokenizer:
             break

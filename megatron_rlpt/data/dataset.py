@@ -15,6 +15,7 @@ deterministic permutation for that.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -144,3 +145,53 @@ class TripleDataset:
             out.append(rng.permutation(len(self)))
             epoch += 1
         return np.concatenate(out)[:n]
+
+
+class WeightedTriples:
+    """Several `rlpt prepare` directories sampled by weight (`[w1, dirA, w2, dirB, ...]`).
+
+    Positions come in blocks of `BLOCK`; each block gives every directory its share of slots
+    (largest remainder of weight x BLOCK) in an order shuffled from (seed, block), so the mix
+    is exact to 1/BLOCK per block and a position's source is found without replaying the ones
+    before it. Each directory is walked in its own seeded permutation, epoch after epoch.
+    """
+
+    BLOCK = 4096
+
+    def __init__(self, datasets: list[TripleDataset], weights: list[float], seed: int) -> None:
+        if len(datasets) != len(weights) or not datasets:
+            raise UsageError("a weighted data.path needs one weight per directory")
+        for ds in datasets:
+            if len(ds) == 0:
+                raise UsageError(f"{ds.path} holds no triples")
+        total = float(sum(weights))
+        if total <= 0 or any(w < 0 for w in weights):
+            raise UsageError("data.path weights must be >= 0 and not all 0")
+        self.datasets, self.seed = datasets, seed
+        exact = np.asarray(weights, dtype=np.float64) / total * self.BLOCK
+        slots = np.floor(exact).astype(np.int64)
+        for k in np.argsort(-(exact - slots), kind="stable")[: self.BLOCK - int(slots.sum())]:
+            slots[k] += 1
+        self.slots = slots
+        self._pattern = np.repeat(np.arange(len(datasets)), slots)
+        self._cache: dict[tuple[str, int, int], np.ndarray] = {}
+
+    def _cached(self, key: tuple[str, int, int], make: Callable[[], np.ndarray]) -> np.ndarray:
+        if key not in self._cache:
+            if len(self._cache) > 2 * len(self.datasets) + 2:
+                self._cache.clear()
+            self._cache[key] = make()
+        return self._cache[key]
+
+    def locate(self, position: int) -> tuple[TripleDataset, int]:
+        """The directory and triple index at `position` of the endless data order."""
+        block, i = divmod(position, self.BLOCK)
+        order = self._cached(("block", block, 0), lambda: np.random.default_rng(
+            [self.seed, 1, block]).permutation(self._pattern))
+        k = int(order[i])
+        nth = block * int(self.slots[k]) + int(np.count_nonzero(order[:i] == k))
+        ds = self.datasets[k]
+        epoch, j = divmod(nth, len(ds))
+        perm = self._cached(("source", k, epoch), lambda: np.random.default_rng(
+            [self.seed, 2, k, epoch]).permutation(len(ds)))
+        return ds, int(perm[j])

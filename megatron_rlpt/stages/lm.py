@@ -1,19 +1,17 @@
 """Next-token stages: `pretrain` (continued pre-training) and `sft` (cold start).
 
-`pretrain` reads documents from a JSONL/text file or a Megatron IndexedDataset prefix, joins
-them with the end-of-text token and cuts the stream into `seq_length + 1` windows. `sft` reads
-instruction JSONL, renders prompt and response with the tokenizer's chat template and trains on
-the response tokens only. Batches are a pure function of (seed, step), so a resumed run sees
+`pretrain` reads Megatron-Core GPT datasets (memory-mapped IndexedDatasets, Megatron-LM's blends,
+`data/gpt_dataset.py`) in `seq_length + 1` token samples and logs a validation loss every
+`run.eval_every` steps. `sft` reads instruction JSONL, renders prompt and response with the
+tokenizer's chat template and trains on the response tokens only. Batches are a pure function of (seed, step), so a resumed run sees
 exactly the data an uninterrupted one would.
 """
 
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from megatron_rlpt.errors import UsageError
@@ -25,52 +23,35 @@ from megatron_rlpt.stages.common import (
 )
 
 
-def _read_texts(path: Path, key: str = "text") -> list[str]:
-    if path.suffix == ".jsonl":
-        return [text for (text,) in read_jsonl_fields(path, (key,))]
-    return [path.read_text(encoding="utf-8")]
-
-
-def token_stream(path: str, tokenizer: Any) -> np.ndarray:
-    """All training tokens of `path` as one array, documents separated by end-of-text."""
-    p = Path(path)
-    from megatron.core.datasets.indexed_dataset import IndexedDataset
-
-    if IndexedDataset.exists(str(p)):
-        ds = IndexedDataset(str(p))
-        parts = [np.asarray(ds[i]) for i in range(len(ds))]
-        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
-    if not p.is_file():
-        raise UsageError(f"pretrain data {path} is neither a file nor an IndexedDataset prefix")
-    eos = tokenizer.eos_token_id
-    ids: list[int] = []
-    for text in _read_texts(p):
-        ids += tokenizer(text, add_special_tokens=False)["input_ids"] + [eos]
-    return np.asarray(ids, dtype=np.int64)
-
-
 class PretrainData:
-    """Fixed windows over the token stream, visited in a seeded order, epoch after epoch."""
+    """Megatron-Core GPT datasets (`data/gpt_dataset.py`): memory-mapped, blended, seeded.
 
-    def __init__(self, path: str, tokenizer: Any, seq_length: int, seed: int) -> None:
-        self.tokens = token_stream(path, tokenizer)
-        self.seq_length = seq_length
-        self.seed = seed
-        self.num_windows = (len(self.tokens) - 1) // seq_length
-        if self.num_windows < 1:
-            raise UsageError(f"{path} holds {len(self.tokens)} tokens, fewer than one sequence "
-                             f"of {seq_length + 1}")
+    Position p of the data order is sample p of the training dataset, which holds exactly the
+    `run.steps * batch.sequences_per_step` samples the run consumes, so a resume at step s reads
+    what an uninterrupted run reads (same seed, blend, seq_length and run.steps).
+    """
+
+    def __init__(self, cfg: Any, tokenizer: Any) -> None:
+        from megatron_rlpt.data.gpt_dataset import build_gpt_datasets
+
+        self.seq_length = cfg.data.seq_length
+        valid = cfg.data.valid_sequences if cfg.run.eval_every else 0
+        self.train, self.valid = build_gpt_datasets(
+            cfg, tokenizer, cfg.run.steps * cfg.batch.sequences_per_step, valid)
+        if cfg.run.eval_every and self.valid is None:
+            raise UsageError("run.eval_every needs validation data: data.valid_path or a "
+                             "data.split with a validation part (e.g. 98,2,0)")
+
+    @staticmethod
+    def _stack(samples: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        return {k: torch.stack([torch.as_tensor(s[k]) for s in samples]).contiguous()
+                for k in ("tokens", "labels", "loss_mask", "position_ids")}
 
     def rows(self, positions: list[int]) -> dict[str, torch.Tensor]:
-        windows = [self._window(p) for p in positions]
-        rows = torch.as_tensor(np.stack(windows))
-        n, s = len(positions), self.seq_length
-        return {"tokens": rows[:, :-1], "labels": rows[:, 1:], "loss_mask": torch.ones(n, s),
-                "position_ids": torch.arange(s).expand(n, -1).contiguous()}
+        return self._stack([self.train[p] for p in positions])
 
-    def _window(self, position: int) -> np.ndarray:
-        start = order_index(position, self.num_windows, self.seed) * self.seq_length
-        return self.tokens[start : start + self.seq_length + 1]
+    def valid_rows(self, positions: list[int]) -> dict[str, torch.Tensor]:
+        return self._stack([self.valid[p] for p in positions])
 
 
 class SFTData:
@@ -126,7 +107,7 @@ class LMStage:
         self._warned_truncation = False
         d = cfg.data
         if cfg.run.stage == "pretrain":
-            self.data: Any = PretrainData(d.path, tokenizer, d.seq_length, cfg.run.seed)
+            self.data: Any = PretrainData(cfg, tokenizer)
         else:
             self.data = SFTData(d.path, tokenizer, d.seq_length, cfg.run.seed, d.prompt_key,
                                 d.response_key)
@@ -143,7 +124,40 @@ class LMStage:
         metrics["loss"] = metrics.pop("lm_loss")
         if isinstance(self.data, SFTData):
             metrics["sft/truncated_examples"] = self._count_truncated(step, len(positions))
+        every = self.cfg.run.eval_every
+        if every and (step % every == 0 or step == self.cfg.run.steps):
+            metrics["valid/loss"] = self.evaluate()
         return metrics
+
+    def evaluate(self) -> float:
+        """Mean next-token loss over the validation sequences (the same ones every time), shared
+        among the data-parallel ranks; no gradients, dropout off."""
+        from megatron.core import parallel_state as ps
+
+        from megatron_rlpt.runtime.step import next_token_forward_step, run_forward_backward
+        from megatron_rlpt.stages.common import data_parallel_share
+
+        b = self.cfg.batch
+        n = min(self.cfg.data.valid_sequences, len(self.data.valid))
+        dp = ps.get_data_parallel_world_size()
+        n -= n % (dp * b.micro_batch_size)  # whole micro-batches on every rank
+        if n == 0:
+            raise UsageError(f"data.valid_sequences must hold at least one micro-batch per "
+                             f"data-parallel rank ({dp * b.micro_batch_size})")
+        first, count = data_parallel_share(n)
+        batches = micro_batches(self.data.valid_rows(list(range(first, first + count))),
+                                b.micro_batch_size)
+        for chunk in self.state.chunks:
+            chunk.eval()
+        try:
+            with torch.no_grad():
+                metrics = run_forward_backward(self.state.chunks, next_token_forward_step,
+                                               iter(batches), len(batches), b.micro_batch_size,
+                                               self.cfg.data.seq_length, forward_only=True)
+        finally:
+            for chunk in self.state.chunks:
+                chunk.train()
+        return metrics["lm_loss"]
 
     def _count_truncated(self, step: int, per_rank: int) -> float:
         """Over-long SFT examples in this step, over all DP ranks; the first time any appear,

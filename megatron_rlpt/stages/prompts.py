@@ -104,34 +104,48 @@ class RLPTSource(PromptSource):
 
     def __init__(self, cfg: Any, tokenizer: Any) -> None:
         super().__init__(cfg, tokenizer)
-        from megatron_rlpt.data.dataset import TripleDataset
+        from megatron_rlpt.data.dataset import TripleDataset, WeightedTriples
+        from megatron_rlpt.data.gpt_dataset import parse_blend
         from megatron_rlpt.tasks import Templates
 
-        self.dataset = TripleDataset(cfg.data.path)
-        if len(self.dataset) == 0:
+        paths, weights = parse_blend(cfg.data.path)
+        datasets = [TripleDataset(p) for p in paths]
+        self.dataset = datasets[0]
+        self.blend: WeightedTriples | None = None
+        if len(datasets) > 1 or weights is not None:
+            # Unweighted lists weigh each directory by its number of triples (as Megatron-LM).
+            self.blend = WeightedTriples(datasets, weights or [len(d) for d in datasets],
+                                         cfg.run.seed)
+        elif len(self.dataset) == 0:
             raise UsageError(f"{cfg.data.path} holds no triples")
         self.templates = Templates.from_config(cfg.task)
+
+    def locate(self, position: int) -> tuple[Any, int]:
+        """The prepared directory and triple index at `position` of the data order."""
+        if self.blend is not None:
+            return self.blend.locate(position)
+        return self.dataset, order_index(position, len(self.dataset), self.cfg.run.seed)
 
     def prompt(self, position: int, rng: random.Random) -> Prompt:
         from megatron_rlpt.tasks import Task, msr_probability, render_prompt, task_loss_weight
 
         t = self.cfg.task
-        index = order_index(position, len(self.dataset), self.cfg.run.seed)
-        _, target, next_segment = self.dataset.texts(index)
+        dataset, index = self.locate(position)
+        _, target, next_segment = dataset.texts(index)
         task = Task.MSR if rng.random() < msr_probability(t) else Task.ASR
 
         def encode(ctx: str) -> list[int]:
             return self._tokens(render_prompt(task, ctx, next_segment, t, self.templates,
                                               self.tokenizer if t.chat_template else None))
 
-        ids, _, truncated = fit_context(encode, lambda: self.dataset.context_pieces(index),
+        ids, _, truncated = fit_context(encode, lambda: dataset.context_pieces(index),
                                         self.cfg.rollout.max_prompt_tokens, self.tokenizer)
         # The judge's reference: s_i and the following segments, exactly as in the document.
         k = t.asr_reference_segments if task is Task.ASR else t.msr_reference_segments
         if self.cfg.judge.reward_mode == "strict":
             k = 0
         return Prompt(ids, task.value, task_loss_weight(task, t),
-                      self.dataset.reference(index, k), target, truncated)
+                      dataset.reference(index, k), target, truncated)
 
     def make_judge(self) -> Any:
         from megatron_rlpt.reward import build_judge

@@ -189,3 +189,33 @@ def test_rlpt_trains_from_two_weighted_prepared_directories(two_prepared, tmp_pa
     assert m["step"] == 1 and m["grpo/kept_groups"] == 4
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["data"]["path"] == [0.5, str(a), 0.5, str(b)]
+
+
+def test_pretrain_reads_a_prepared_directory_through_a_cached_indexed_dataset(
+        two_prepared, tmp_path: Path, process_group):
+    from transformers import AutoTokenizer
+
+    from megatron_rlpt.data.dataset import TripleDataset
+    from megatron_rlpt.data.tokenizer import default_tokenizer_path
+
+    tok = AutoTokenizer.from_pretrained(default_tokenizer_path())
+    prepared = two_prepared[0]
+    train, _ = build_gpt_datasets(_cfg(tmp_path, str(prepared)), tok, 20, 0)
+    (bin_file,) = (tmp_path / "cache").glob("text_*.bin")
+    # The cached dataset is the prepared documents' text, each ended by end-of-text.
+    ds = TripleDataset(prepared)
+    expected = sum(len(tok(ds.document_text(d), add_special_tokens=False)["input_ids"]) + 1
+                   for d in range(len(ds.documents)))
+    assert bin_file.stat().st_size == expected * 2  # uint16 ids
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    cached = IndexedDataset(str(bin_file.with_suffix("")))
+    first = tok(ds.document_text(0), add_special_tokens=False)["input_ids"]
+    assert cached[0].tolist() == first + [tok.eos_token_id]
+    # Every training sample is a window of that stream.
+    stream = np.concatenate([cached[d] for d in range(len(cached))]).tolist()
+    text = "," + ",".join(map(str, stream)) + ","
+    for i in range(20):
+        assert "," + ",".join(map(str, train[i]["tokens"].tolist())) + "," in text
+    with pytest.raises(UsageError, match="not an rlpt prepare output"):
+        build_gpt_datasets(_cfg(tmp_path, str(tmp_path)), tok, 20, 0)

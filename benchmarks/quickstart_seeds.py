@@ -6,8 +6,7 @@
 
 Runs `rlpt quickstart --seed 1234` (the default seed, the one `tests/test_quickstart.py` runs) into
 a temporary directory, or reuses one with `--quickstart DIR`, then reruns its RLPT stage from the
-same warm-up checkpoint with each other seed (`run.seed` changes the prompts drawn, the samples
-and the dropout; nothing else). The gain of a seed is what the test checks: mean reward of the
+same warm-up checkpoint with each other seed (only `run.seed` changes). The gain of a seed is what the test checks: mean reward of the
 last four steps minus that of the first four. The JSON holds each seed's rewards and gain and
 their mean and sample standard deviation, from which the test's threshold is set.
 """

@@ -147,8 +147,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     """The policy architecture. With `run.init_from` it comes from the checkpoint's
     model_config.json (or Megatron-LM's saved arguments) and this section is optional: it may set
-    only params_dtype, fp8, transformer_impl, recompute_granularity, dropouts, init_method_std and
-    max_position_embeddings; any other field must equal the checkpoint's (docs/convert.md)."""
+    only params_dtype, fp8, transformer_impl, recompute_granularity, dropouts, init_method_std,
+    max_position_embeddings and the kernel-fusion switches; any other field must equal the
+    checkpoint's (docs/convert.md)."""
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     """TP / PP / CP layout (DP takes the remaining ranks)."""
     optim: OptimConfig = field(default_factory=OptimConfig)

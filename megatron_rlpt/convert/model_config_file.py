@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from megatron_rlpt.errors import UsageError
-from megatron_rlpt.runtime.model import ModelConfig
+from megatron_rlpt.runtime.model import FUSIONS, ModelConfig
 from megatron_rlpt.utils.io import atomic_write_json
 
 MODEL_CONFIG_FILE = "model_config.json"
@@ -50,7 +50,7 @@ def load_model_config(root: str | os.PathLike) -> ModelConfig:
 
 RUNTIME_FIELDS = frozenset({
     "params_dtype", "fp8", "transformer_impl", "recompute_granularity", "hidden_dropout",
-    "attention_dropout", "init_method_std", "max_position_embeddings",
+    "attention_dropout", "init_method_std", "max_position_embeddings", *FUSIONS,
 })
 """ModelConfig fields that say how a model runs, not what its weights mean: a training config may
 set them over a checkpoint's model config. Every other field is the checkpoint's to decide."""

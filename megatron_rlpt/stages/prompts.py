@@ -112,6 +112,13 @@ class RLPTSource(PromptSource):
         datasets = [TripleDataset(p) for p in paths]
         self.dataset = datasets[0]
         self.blend: WeightedTriples | None = None
+        def tokenizer_of(ds: Any) -> dict:
+            return {k: v for k, v in ds.manifest.get("tokenizer", {}).items() if k != "path"}
+
+        for other in datasets[1:]:
+            if tokenizer_of(other) != tokenizer_of(datasets[0]):
+                raise UsageError(f"{other.path} was prepared with another tokenizer than "
+                                 f"{datasets[0].path}; a data.path blend needs one tokenizer")
         if len(datasets) > 1 or weights is not None:
             # Unweighted lists weigh each directory by its number of triples (as Megatron-LM).
             self.blend = WeightedTriples(datasets, weights or [len(d) for d in datasets],

@@ -382,8 +382,11 @@ class RLStage:
         def mean(i: int) -> float:
             return float(stats[i, 0] / stats[i, 1]) if stats[i, 1] > 0 else float("nan")
 
+        # Per-task rewards only for the tasks the stage has: RLVR's samples are all "math".
+        per_task = ({"reward/math": mean(3)} if self.cfg.run.stage == "rlvr"
+                    else {"reward/asr": mean(1), "reward/msr": mean(2)})
         return {
-            "reward": mean(0), "reward/asr": mean(1), "reward/msr": mean(2),
+            "reward": mean(0), **per_task,
             "response_length": mean(4), "judge/failed": float(stats[5, 0]),
             "judge/failed_fraction": mean(5),
             "grpo/kept_groups": float(groups[0]),

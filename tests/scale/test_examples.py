@@ -82,6 +82,16 @@ def test_rlpt_configs_have_the_papers_settings(model: str):
     assert cfg.loss.kl_coef == 0.0
     assert cfg.rollout.max_new_tokens == 8192
     assert cfg.run.init_from == load(EXAMPLES / f"sft_{model}.yaml").run.output_dir
+    # Where a code default departs from the paper, the paper config sets the paper's choice
+    # (docs/paper.md): plain on-policy GRPO without dynamic sampling, the cited GRPO's
+    # per-sequence loss mean, old log-probs from the training model, and a judge reference of
+    # s_i plus several later segments for both tasks with the prefix reward.
+    assert not cfg.grpo.drop_zero_variance_groups and cfg.grpo.max_sampling_rounds == 1
+    assert cfg.grpo.advantage == "mean_std" and cfg.loss.aggregation == "seq_mean"
+    assert cfg.loss.clip_eps_low == cfg.loss.clip_eps_high == 0.2
+    assert cfg.loss.old_logprobs == "recompute" and cfg.loss.entropy_coef == 0.0
+    assert cfg.judge.reward_mode == "prefix"
+    assert cfg.task.asr_reference_segments > 0 and cfg.task.msr_reference_segments > 0
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -105,6 +115,7 @@ def test_sft_configs_have_the_papers_settings(model: str):
     assert cfg.run.stage == "sft"
     assert cfg.batch.sequences_per_step == 1024
     assert cfg.optim.lr == 2e-5 and cfg.optim.schedule == "cosine"
+    assert "3 epochs" in (EXAMPLES / f"sft_{model}.yaml").read_text()  # steps derive from it
 
 
 @pytest.mark.parametrize("path", [p for p in ALL if p.stem != "quickstart_cpu"], ids=lambda p: p.stem)
@@ -280,7 +291,8 @@ def chain(tmp_path_factory, shared_data):
     out["prepare_log"] = _rlpt(ws, "prepare", "--input", "corpus.jsonl", "--output",
                                "data/rlpt-qwen3", "--tokenizer", "models/Qwen3-4B-Base",
                                "--decontaminate",
-                               str(shared_data / "benchmarks" / "math500" / "test.jsonl"))
+                               str(shared_data / "benchmarks" / "math500" / "test.jsonl"),
+                               "--set", "segment.short=drop")  # as examples/README.md runs it
     with RecordingJudge() as judge:
         out["rlpt_log"] = _rlpt(ws, "train", "--config", str(EXAMPLES / "rlpt_qwen3_4b.yaml"),
                                 *size, "batch.prompts_per_step=8", *rollout,
@@ -325,6 +337,7 @@ def test_chain_rlpt_stage_trains_both_tasks_on_judged_rewards(chain):
     assert 0 < m["reward"] < 1
     for task in ("asr", "msr"):
         assert math.isfinite(m[f"reward/{task}"]) and 0 < m[f"reward/{task}"] < 1, task
+    assert "reward/math" not in m
     assert m["grpo/kept_groups"] > 0 and not m.get("update_skipped")
     assert m["grad_norm"] > 0 and math.isfinite(m["loss"])
     assert _checkpointed(run, 1)
@@ -339,6 +352,9 @@ def test_chain_rlvr_stage_rewards_come_from_the_math_verifier(chain):
     assert m["judge/failed"] == 0
     # A quarter of the samples box the right answer: Math-Verify's 1s and 0s, not a constant.
     assert 0 < m["reward"] < 1
+    # Every RLVR sample is a math one: its reward is reported as such, RLPT's task keys are not.
+    assert m["reward/math"] == m["reward"]
+    assert "reward/asr" not in m and "reward/msr" not in m
     assert m["grpo/kept_groups"] > 0 and not m.get("update_skipped")
     assert m["grad_norm"] > 0 and math.isfinite(m["loss"])
     assert _checkpointed(run, 1)
@@ -348,7 +364,9 @@ def test_chain_rlvr_stage_rewards_come_from_the_math_verifier(chain):
 def test_chain_rlpt_step_built_msr_prompts_and_judged_them_against_s_i(chain):
     """The step's prompts, rebuilt from the run's saved config by the trainer's own prompt source
     (positions 0.., each drawn with the RNG keyed by seed and position), hold both tasks; the
-    references the judge actually received are theirs, MSR ones (s_i alone) among them."""
+    references the judge actually received are theirs, MSR ones among them, and an MSR reference
+    holds s_i and the segments after it (the example's msr_reference_segments), as the paper
+    gives the judge several subsequent segments for both tasks."""
     import random
     import re
 
@@ -378,3 +396,7 @@ def test_chain_rlpt_step_built_msr_prompts_and_judged_them_against_s_i(chain):
     assert judged <= {p.reference for p in prompts}
     only_msr = {p.reference for p in msr} - {p.reference for p in asr}
     assert judged & only_msr, "no MSR sample was judged against its own reference"
+    assert cfg.task.msr_reference_segments > 0
+    for p in msr:
+        assert p.reference.startswith(p.target)
+    assert any(len(p.reference) > len(p.target) for p in msr), "MSR judged against s_i alone"

@@ -118,7 +118,9 @@ def test_compare_mode(runs, capsys) -> None:
     assert "Cold-Start" in capsys.readouterr().out
 
 
-def test_usage_errors(tiny_model_dir: Path, shared_data: Path, tmp_path: Path, capsys) -> None:
+def test_usage_errors(
+    tiny_model_dir: Path, shared_data: Path, tmp_path: Path, capsys, monkeypatch
+) -> None:
     data = str(shared_data / "benchmarks")
 
     def err(*argv: str) -> str:
@@ -138,12 +140,11 @@ def test_usage_errors(tiny_model_dir: Path, shared_data: Path, tmp_path: Path, c
     (ckpt / "latest_checkpointed_iteration.txt").write_text("10")
     message = err("--model", str(ckpt), "--benchmarks", "aime24", "--data-dir", data)
     assert "no complete checkpoint" in message
-    try:
-        import vllm  # noqa: F401
-    except ImportError:
-        message = err("--model", str(tiny_model_dir), "--benchmarks", "aime24", "--data-dir", data,
-                      "--engine", "vllm")  # fmt: skip
-        assert "vLLM is not installed" in message
+    # --engine vllm with no Python that has vLLM where it is looked for.
+    monkeypatch.setenv("RLPT_VLLM_PYTHON", str(tmp_path / "no-venv" / "bin" / "python"))
+    message = err("--model", str(tiny_model_dir), "--benchmarks", "aime24", "--data-dir", data,
+                  "--engine", "vllm")  # fmt: skip
+    assert "--engine vllm: vLLM: no Python at" in message and "tools/setup_vllm.sh" in message
     write_gpqa_csv(tmp_path / "gpqa.csv")
     assert "at least two runs" in err("--compare", str(tmp_path))
     assert "no results at" in err("--compare", str(tmp_path / "a"), str(tmp_path / "b"))

@@ -219,3 +219,32 @@ def test_pretrain_reads_a_prepared_directory_through_a_cached_indexed_dataset(
         assert "," + ",".join(map(str, train[i]["tokens"].tolist())) + "," in text
     with pytest.raises(UsageError, match="not an rlpt prepare output"):
         build_gpt_datasets(_cfg(tmp_path, str(tmp_path)), tok, 20, 0)
+
+
+@pytest.mark.multirank
+def test_pretrain_on_two_ranks_from_a_mixed_blend_with_a_split(tmp_path: Path):
+    """Rank 0 builds the caches (a JSONL tokenized, Megatron's indices), rank 1 waits and reads
+    them; both train on their halves and score the validation part of the split."""
+    a = write_indexed(tmp_path / "a_text_document", 10, 4000, 60, seed=1)
+    corpus = tmp_path / "c.jsonl"
+    corpus.write_text("".join(json.dumps({"text": f"Document {i} is about {i * 7}. " * 5}) + "\n"
+                              for i in range(50)))
+    run = tmp_path / "run"
+    cfg = {"run": {"stage": "pretrain", "output_dir": str(run), "steps": 2, "eval_every": 1,
+                   "progress": False, "wandb": {"mode": "disabled"}},
+           "model": MODEL, "optim": {"lr": 3e-3, "schedule": "constant", "warmup_steps": 0},
+           "data": {"path": [0.6, a, 0.4, str(corpus)], "split": "90,10,0",
+                    "valid_sequences": 8, "seq_length": 32},
+           "batch": {"sequences_per_step": 8, "micro_batch_size": 2}}
+    config = tmp_path / "dp2.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc-per-node=2", "-m", "megatron_rlpt.cli", "train", "--config",
+                           str(config)], cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    metrics = _metrics(run)
+    assert [m["step"] for m in metrics] == [1, 2]
+    assert all(isinstance(m["valid/loss"], float) for m in metrics)
+    assert len(list((run / "data_cache").glob("text_c.jsonl_*.bin"))) == 1

@@ -94,7 +94,7 @@ def fit_context(encode: Callable[[str], list[int]], pieces: Callable[[], list[st
 
     if len(encode("")) > limit:
         raise UsageError(f"max_prompt_tokens={limit} is too small for the prompt "
-                         "template (and MSR's following segment) even with an empty context")
+                         "template even with an empty context")
     context = suffix(_smallest(0, len(tail), lambda d: len(encode(suffix(d))) <= limit))
     return encode(context), context, True
 
@@ -141,18 +141,42 @@ class RLPTSource(PromptSource):
         _, target, next_segment = dataset.texts(index)
         task = Task.MSR if rng.random() < msr_probability(t) else Task.ASR
 
-        def encode(ctx: str) -> list[int]:
-            return self._tokens(render_prompt(task, ctx, next_segment, t, self.templates,
+        limit = self.cfg.rollout.max_prompt_tokens
+
+        def render(ctx: str, following: str) -> list[int]:
+            return self._tokens(render_prompt(task, ctx, following, t, self.templates,
                                               self.tokenizer if t.chat_template else None))
 
-        ids, _, truncated = fit_context(encode, lambda: dataset.context_pieces(index),
-                                        self.cfg.rollout.max_prompt_tokens, self.tokenizer)
+        cut_following = False
+        if task is Task.MSR and len(render("", next_segment)) > limit:
+            next_segment = self._fit_following(render, next_segment, limit)
+            cut_following = True
+        ids, _, truncated = fit_context(lambda ctx: render(ctx, next_segment),
+                                        lambda: dataset.context_pieces(index), limit,
+                                        self.tokenizer)
         # The judge's reference: s_i and the following segments, exactly as in the document.
         k = t.asr_reference_segments if task is Task.ASR else t.msr_reference_segments
         if self.cfg.judge.reward_mode == "strict":
             k = 0
         return Prompt(ids, task.value, task_loss_weight(task, t),
-                      dataset.reference(index, k), target, truncated)
+                      dataset.reference(index, k), target, truncated or cut_following)
+
+    def _fit_following(self, render: Callable[[str, str], list[int]], following: str,
+                       limit: int) -> str:
+        """MSR's visible s_i+1 cut to its leading tokens (what directly follows the mask) so
+        that the prompt fits `limit` with an empty context; unchanged if even an empty s_i+1
+        does not fit (fit_context then reports the budget as too small)."""
+        ids = self._tokens(following)
+
+        def kept(drop: int) -> str:
+            return self.tokenizer.decode(ids[:len(ids) - drop])
+
+        def fits(drop: int) -> bool:
+            return len(render("", kept(drop))) <= limit
+
+        if not fits(len(ids)):
+            return following
+        return kept(_smallest(0, len(ids), fits))
 
     def make_judge(self) -> Any:
         from megatron_rlpt.reward import build_judge

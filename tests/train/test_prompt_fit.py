@@ -31,7 +31,8 @@ def prepared(shared_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("fit")
     with open(shared_data / "corpus/openstax_chemistry_2e.jsonl", encoding="utf-8") as f:
         docs = [json.loads(line) for line in f][1:5]
-    docs.append({"id": "long", "text": "The workshop opened early that morning. " + LONG
+    docs.append({"id": "long", "text": "The workshop opened early that morning. "
+                 "Its owner checked every tool on the bench first. " + LONG
                  + " The lamp then shone all night. Nobody touched it until dawn came."})
     corpus = root / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"id": d["id"], "text": d["text"]}) + "\n" for d in docs))
@@ -124,6 +125,22 @@ def test_a_single_long_sentence_is_cut_by_tokens(prepared):
     assert prompt.truncated and 110 <= len(prompt.prompt_ids) <= 120
     context = _context_of(source, index, Task.ASR, prompt.prompt_ids)
     assert LONG.endswith(context.strip()) and len(context) > 50
+
+
+def test_an_msr_next_segment_too_long_for_the_budget_is_cut_from_the_right(prepared):
+    """MSR shows s_i+1 after the mask; when it alone overflows the budget its leading tokens
+    (what directly follows the mask) are kept and the context is left empty."""
+    index = next(i for i in range(len(prepared))
+                 if prepared.texts(i)[2].startswith("This single sentence"))
+    source = _source(prepared, 160, lam=1.0)
+    position = next(p for p in range(10 * len(prepared))
+                    if order_index(p, len(prepared), 3) == index)
+    prompt = next(q for q in (source.prompt(position, random.Random(k)) for k in range(64))
+                  if q.task == "msr")
+    text = source.tokenizer.decode(prompt.prompt_ids)
+    assert prompt.truncated and len(prompt.prompt_ids) <= 160
+    assert "This single sentence keeps going" in text and "until it finally ends" not in text
+    assert len(source._tokens(render_prompt(Task.MSR, "", LONG, source.cfg.task))) > 160
 
 
 def test_budget_below_the_template_is_an_error(prepared):

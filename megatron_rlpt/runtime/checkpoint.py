@@ -169,6 +169,37 @@ def _materialize_optimizer_state(optimizer: Any) -> None:
             init()
 
 
+def _fill_unstepped_adam_states(optimizer: Any) -> list[Any]:
+    """Give a never-stepped distributed optimizer on torch Adam the states Adam's first step would
+    create (step 0, zero moments); returns the inner optimizers filled, for `_drop_adam_states`.
+
+    Megatron's `DistributedOptimizer.state_dict` reads Adam's step from those states and fails
+    when there are none, e.g. when RL step 1 kept no group and skipped its update before a save.
+    A dummy step (as on load) would not do here: weight decay would move the live weights.
+    """
+    filled = []
+    for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
+        inner = getattr(opt, "optimizer", None)
+        if (getattr(opt, "_init_optimizer_states_with_dummy_values", None) is None
+                or not isinstance(inner, torch.optim.Adam | torch.optim.AdamW) or inner.state):
+            continue
+        for group in inner.param_groups:
+            for p in group["params"]:
+                inner.state[p] = {
+                    "step": torch.tensor(0.0, dtype=torch.float32),
+                    "exp_avg": torch.zeros_like(p, memory_format=torch.preserve_format),
+                    "exp_avg_sq": torch.zeros_like(p, memory_format=torch.preserve_format),
+                }
+        filled.append(inner)
+    return filled
+
+
+def _drop_adam_states(filled: list[Any]) -> None:
+    """Leave the optimizers filled for a save as they were: Adam then starts exactly as if fresh."""
+    for inner in filled:
+        inner.state.clear()
+
+
 def _adam_states(optimizer: Any) -> list[dict]:
     states = []
     for opt in getattr(optimizer, "chained_optimizers", [optimizer]):
@@ -256,12 +287,16 @@ def save_checkpoint(
     sharded = _model_sharded_state_dict(chunks)
     # What Megatron-LM's `--load` reads from the common state besides the model.
     sharded.update(checkpoint_version=MEGATRON_LM_CHECKPOINT_VERSION, iteration=step)
-    if optimizer is not None:
-        sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=_OPTIM_METADATA)
-        sharded["adam_step"] = _adam_step(optimizer)
-    if scheduler is not None:
-        sharded["scheduler"] = scheduler.state_dict()
-    dist_checkpointing.save(sharded, str(staging))
+    filled = _fill_unstepped_adam_states(optimizer) if optimizer is not None else []
+    try:
+        if optimizer is not None:
+            sharded["optimizer"] = optimizer.sharded_state_dict(sharded, metadata=_OPTIM_METADATA)
+            sharded["adam_step"] = _adam_step(optimizer)
+        if scheduler is not None:
+            sharded["scheduler"] = scheduler.state_dict()
+        dist_checkpointing.save(sharded, str(staging))
+    finally:
+        _drop_adam_states(filled)
 
     rng_dir = staging / "rng"
     rng_dir.mkdir(exist_ok=True)

@@ -109,3 +109,24 @@ def test_resolve_checkpoint_refusals(tmp_path):
     checkpoint_dir(tmp_path / "run" / "checkpoints", 5).mkdir()  # never completed
     with pytest.raises(UsageError, match="no complete checkpoint"):
         resolve_checkpoint(tmp_path / "run")
+
+
+@pytest.mark.multirank
+def test_save_before_first_step_resumes_exactly(tmp_path):
+    """A save before any optimizer step (e.g. RL step 1 kept no group) works with the distributed
+    optimizer on torch Adam, and a resume from it matches an uninterrupted run."""
+    ref_root = tmp_path / "ref"
+    run_multirank("tests.runtime.workers:save_reference", nproc=1, ckpt=str(ref_root), arch="llama")
+    straight = run_multirank("tests.runtime.workers:train_from", nproc=2, ckpt=str(ref_root),
+                             arch="llama", tp=1, pp=1, dist_opt=True, steps=2)[0]
+    run_root = tmp_path / "run"
+    run_multirank("tests.runtime.workers:train_from_and_save", nproc=2, ckpt=str(ref_root),
+                  out=str(run_root), arch="llama", dist_opt=True, steps=0)
+    resumed = run_multirank("tests.runtime.workers:resume_and_train", nproc=2, ckpt=str(run_root),
+                            arch="llama", tp=1, pp=1, dist_opt=True, steps=2)[0]
+    assert resumed["trainer_state"]["step"] == 0
+    for a, b in zip(straight["metrics"], resumed["metrics"], strict=True):
+        assert a["lm_loss"] == pytest.approx(b["lm_loss"], abs=1e-6)
+        assert a["lr"] == b["lr"]
+    for name, w in straight["weights"].items():
+        assert torch.equal(w, resumed["weights"][name]), name

@@ -46,10 +46,24 @@ def _given_model_fields(cfg: TrainConfig) -> set[str]:
             if getattr(cfg.model, f.name) != getattr(default, f.name)}
 
 
+def _resume_root(cfg: TrainConfig) -> Path | None:
+    """The run's own checkpoint root when the run will resume from it and it records the model
+    (`_save_run_files` wrote model_config.json and tokenizer/ there on the first start)."""
+    from megatron_rlpt.convert.model_config_file import MODEL_CONFIG_FILE
+    from megatron_rlpt.runtime.checkpoint import RUN_CHECKPOINTS, latest_checkpoint
+
+    root = Path(cfg.run.output_dir) / RUN_CHECKPOINTS
+    if cfg.run.resume and (root / MODEL_CONFIG_FILE).is_file() and latest_checkpoint(root):
+        return root
+    return None
+
+
 def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
                        ) -> tuple[TrainConfig, Path | None]:
     """Take the architecture from `run.init_from`'s checkpoint when it records one.
 
+    A run that resumes reads it, and the tokenizer, from its own checkpoint root instead: the
+    init checkpoint is only read on a fresh start, so it may be gone by then.
     `model_fields` are the `model.*` keys the user wrote (YAML or overrides); None infers them
     from the values that differ from the defaults. Of those, runtime knobs (dtype, recompute, ...)
     apply over the checkpoint's config and architectural ones must agree with it. Returns the
@@ -63,8 +77,9 @@ def resolve_init_model(cfg: TrainConfig, model_fields: set[str] | None = None
 
     if not cfg.run.init_from:
         return cfg, None
+    source = _resume_root(cfg) or cfg.run.init_from
     user_tokenizer = cfg.data.tokenizer or _prepared_tokenizer(cfg)
-    found = checkpoint_model(resolve_checkpoint(cfg.run.init_from),
+    found = checkpoint_model(resolve_checkpoint(source),
                              tokenizer_hint=str(user_tokenizer) if user_tokenizer else None)
     if found.model is None:
         return cfg, found.tokenizer
@@ -91,8 +106,8 @@ def _prepared_tokenizer(cfg: TrainConfig) -> Path | None:
 
 
 def _tokenizer_path(cfg: TrainConfig, init_tokenizer: Path | None = None) -> Path:
-    """data.tokenizer, else the one saved with run.init_from's checkpoint, else the one
-    `rlpt prepare` recorded, else the shipped tokenizer."""
+    """data.tokenizer, else the one saved with run.init_from's checkpoint (with the run's own
+    checkpoints when resuming), else the one `rlpt prepare` recorded, else the shipped one."""
     from megatron_rlpt.data.tokenizer import default_tokenizer_path
 
     if cfg.data.tokenizer:

@@ -79,6 +79,33 @@ def test_init_from_takes_model_and_tokenizer_from_checkpoint(tmp_path):
     assert not (tmp_path / "third").exists()
 
 
+def test_resume_does_not_need_the_init_checkpoint(tmp_path):
+    """The init checkpoint is read on the first start only: once the run has a checkpoint, it
+    resumes with the architecture and tokenizer saved in its own checkpoint root."""
+    import shutil
+
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    build_hf_model("qwen2", tmp_path / "hf", tokenizer)
+    root = tmp_path / "converted"
+    rc, out = _run(["convert", "hf-to-megatron", "--hf", str(tmp_path / "hf"), "--out", str(root)])
+    assert rc == 0, out[-3000:]
+    converted = json.loads((root / "model_config.json").read_text())
+    config = _config(tmp_path, tmp_path / "run", root)
+    rc, out = _run(["train", "--config", str(config)])
+    assert rc == 0, out[-3000:]
+    for gone in (root, tmp_path / "hf", tmp_path / "tok"):
+        shutil.rmtree(gone)
+
+    rc, out = _run(["train", "--config", str(config), "run.steps=2"])
+    assert rc == 0, out[-3000:]
+    assert "resumed from" in out and "at step 1 of 2" in out
+    assert (tmp_path / "run" / "checkpoints" / "iter_0000002").is_dir()
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["model"] == converted
+    # Without a checkpoint to resume, the missing init checkpoint is still an error.
+    rc, out = _run(["train", "--config", str(config), "run.output_dir=" + str(tmp_path / "new")])
+    assert rc != 0 and "checkpoint not found" in out, out[-3000:]
+
+
 def test_merge_model_config_rules():
     saved = ModelConfig(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
                         num_attention_heads=9, num_query_groups=3, vocab_size=49152,

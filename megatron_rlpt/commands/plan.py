@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import Any
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from megatron_rlpt.utils.config import load_config
 
     cfg = load_config(TrainConfig, args.config, args.overrides)
+    cfg = _init_model(cfg, args)
     cluster = ClusterSpec(
         nodes=args.nodes, gpus_per_node=args.gpus_per_node, gpu_memory_gib=args.gpu_memory,
         reserve_gib=args.reserve, peak_tflops=args.peak_tflops, train_mfu=args.mfu,
@@ -93,3 +95,24 @@ def run(args: argparse.Namespace) -> int:
             print(f"rlpt plan: infeasible: {reason}", file=sys.stderr)
         return 1
     return 0
+
+
+def _init_model(cfg: Any, args: argparse.Namespace) -> Any:
+    """The config with the architecture `rlpt train` would take from run.init_from (the same
+    merge); planned from the `model:` section, with a note, while that checkpoint does not exist
+    yet (e.g. the previous stage has not run)."""
+    from megatron_rlpt.errors import UsageError
+    from megatron_rlpt.runtime.checkpoint import resolve_checkpoint
+    from megatron_rlpt.train import resolve_init_model
+    from megatron_rlpt.utils.config import given_keys
+
+    if not cfg.run.init_from:
+        return cfg
+    try:
+        resolve_checkpoint(cfg.run.init_from)
+    except UsageError as err:
+        print(f"rlpt plan: note: planning the model: section; run.init_from is not readable "
+              f"here ({err})", file=sys.stderr)
+        return cfg
+    fields = set(given_keys(args.config, args.overrides).get("model") or {})
+    return resolve_init_model(cfg, model_fields=fields)[0]

@@ -106,6 +106,36 @@ def test_resume_does_not_need_the_init_checkpoint(tmp_path):
     assert rc != 0 and "checkpoint not found" in out, out[-3000:]
 
 
+def test_plan_takes_the_model_from_init_from(tmp_path, capsys):
+    """`rlpt plan` plans the architecture `rlpt train` would build from run.init_from, and the
+    `model:` section (with a note) while that checkpoint does not exist yet."""
+    from megatron_rlpt.cli import main as rlpt
+    from megatron_rlpt.plan import padded_vocab, total_params
+
+    tokenizer = write_tokenizer(tmp_path / "tok")
+    build_hf_model("qwen2", tmp_path / "hf", tokenizer)
+    root = tmp_path / "converted"
+    rc, out = _run(["convert", "hf-to-megatron", "--hf", str(tmp_path / "hf"), "--out", str(root)])
+    assert rc == 0, out[-3000:]
+    converted = ModelConfig(**json.loads((root / "model_config.json").read_text()))
+    config = _config(tmp_path, tmp_path / "run", root)
+    plan_args = ["plan", "--config", str(config), "--nodes", "1", "--gpus-per-node", "1", "--json"]
+
+    rlpt(plan_args)
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["total_params"] == total_params(converted, 1)
+    assert plan["padded_vocab"] == padded_vocab(converted, 1)
+    assert total_params(converted, 1) != total_params(ModelConfig(), 1)
+    # An architectural field that disagrees with the checkpoint is refused, as by `rlpt train`.
+    assert rlpt([*plan_args, "model.num_layers=4"]) == 2
+    assert "model.num_layers is 4 in the config but 2 in" in capsys.readouterr().err
+
+    rlpt([*plan_args, "run.init_from=" + str(tmp_path / "not-yet")])
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["plan"]["total_params"] == total_params(ModelConfig(), 1)
+    assert "planning the model: section; run.init_from is not readable" in captured.err
+
+
 def test_merge_model_config_rules():
     saved = ModelConfig(num_layers=30, hidden_size=576, ffn_hidden_size=1536,
                         num_attention_heads=9, num_query_groups=3, vocab_size=49152,

@@ -42,8 +42,9 @@ class RunConfig:
     """Checkpoint to take the initial weights from: a previous stage's run directory (its newest
     checkpoint), a checkpoint root, one iter_N directory, the output of `rlpt convert
     hf-to-megatron`, or a Megatron-LM torch_dist checkpoint (its --save directory or one
-    iteration); ignored when resuming. The model architecture and the tokenizer come from it
-    (see `model` and docs/convert.md)."""
+    iteration). The model architecture and the tokenizer come from it (see `model` and
+    docs/convert.md). Read on a fresh start only: a resumed run takes weights, architecture and
+    tokenizer from its own checkpoints, so this checkpoint may be gone by then."""
     resume: bool = True
     """Continue from the newest complete checkpoint under output_dir/checkpoints if there is one."""
     save_every: int = 50

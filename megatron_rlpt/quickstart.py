@@ -106,6 +106,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _mean_reward(steps: list[dict]) -> float:
+    """Mean reward over steps; a step whose reward is null (no sample scored) is skipped."""
+    values = [m["reward"] for m in steps if m.get("reward") is not None]
+    return sum(values) / len(values) if values else float("nan")
+
+
 def plot(warmup: list[dict], rl: list[dict], path: Path) -> None:
     """Warm-up loss, RLPT reward and RLPT loss per step, as a PNG."""
     import matplotlib
@@ -155,8 +161,8 @@ def run_quickstart(out: Path, s: QuickstartSettings, log: Any = print) -> dict[s
         "documents in / out": f"{manifest['documents']['in']} / {manifest['documents']['out']}",
         "triples": manifest["stages"]["write"]["triples"],
         "warm-up loss first / last": f"{warm[0]['loss']:.3f} / {warm[-1]['loss']:.3f}",
-        "RLPT reward, first half": sum(m["reward"] for m in rl[:half]) / half,
-        "RLPT reward, second half": sum(m["reward"] for m in rl[half:]) / max(1, len(rl) - half),
+        "RLPT reward, first half": _mean_reward(rl[:half]),
+        "RLPT reward, second half": _mean_reward(rl[half:]),
         "RLPT checkpoint": str(out / "rlpt" / "checkpoints"),
         "plot": str(out / "quickstart.png"),
         "wandb (offline)": str(out / "rlpt" / "wandb"),

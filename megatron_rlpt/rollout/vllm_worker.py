@@ -20,6 +20,7 @@ A start-up that cannot work (a head size the CPU attention lacks) is answered wi
 
 import json
 import os
+import signal
 import sys
 import time
 import traceback
@@ -117,6 +118,11 @@ class Worker:
 
 
 def main():
+    # Slurm delivers the trainer's stop signals (USR1/USR2) to every process of the job step;
+    # the trainer saves and then shuts this worker down itself. Ignoring them here is inherited
+    # by the processes vLLM starts.
+    for name in ("SIGUSR1", "SIGUSR2"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
     # Replies go to the original stdout; everything else that writes to fd 1 (vLLM's logging,
     # C++ extensions) is sent to stderr so it cannot interleave with a reply.
     replies = os.fdopen(os.dup(1), "w")

@@ -30,6 +30,10 @@ def test_logprobs_match_megatron_before_and_after_a_weight_push(suite):
     assert suite["stale"] > 20 * TOLERANCE
 
 
+def test_sidecar_survives_the_stop_signals_slurm_sends_the_whole_step(suite):
+    assert suite["signalled"] >= 1 and suite["survived_stop_signals"]
+
+
 def test_completions_are_well_formed(suite):
     assert len(suite["lengths"]) == 12 and all(1 <= n <= 12 for n in suite["lengths"])
     assert set(suite["finish"]) <= {"stop", "length"}

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from typing import Any
 
+import psutil
 import torch
 
 from megatron_rlpt.rollout.base import SamplingParams
@@ -47,6 +49,16 @@ def vllm_suite(tokenizer_dir: str, tp: int, python: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     engine = VLLMEngine(state, tokenizer, cfg, VLLMConfig(python=python))
     startup_s = time.perf_counter() - t0
+    # Slurm sends the trainer's stop signal to every process of the job step: the sidecar and
+    # vLLM's own processes must survive it (the trainer closes them after its final save).
+    sidecar = psutil.Process(engine.sidecar.proc.pid)
+    signalled = [sidecar, *sidecar.children(recursive=True)]
+    for proc in signalled:
+        for sig in (signal.SIGUSR1, signal.SIGUSR2):
+            proc.send_signal(sig)
+    time.sleep(1.0)
+    survived = all(proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+                   for proc in signalled)
     before = engine.generate_ids(prompts, 3, sampling)
     error_before = _max_error(model, prompts, before, cfg.vocab_size)
 
@@ -66,6 +78,7 @@ def vllm_suite(tokenizer_dir: str, tp: int, python: str) -> dict[str, Any]:
     destroy_distributed()
     return {"error_before": error_before, "error_after": error_after, "stale": stale,
             "moved": moved, "startup_s": startup_s, "push_s": push_s,
+            "signalled": len(signalled), "survived_stop_signals": survived,
             "lengths": [len(c.token_ids) for g in after for c in g],
             "finish": [c.finish_reason for g in after for c in g],
             "texts_match": all(c.text == tokenizer.decode(c.token_ids) for g in after for c in g)}

@@ -202,6 +202,7 @@ def train(cfg: TrainConfig, model_fields: set[str] | None = None) -> dict[str, f
     from megatron_rlpt.runtime.step import setup_training
 
     stop = StopSignal()
+    cfg.model.validate_runtime()  # the config's own knobs first, before any checkpoint is read
     cfg, init_tokenizer = resolve_init_model(cfg, model_fields)
     cfg.validate()
     init_distributed(cfg.parallel, seed=cfg.run.seed)

@@ -118,6 +118,19 @@ class ModelConfig:
              f"ffn_hidden_size {self.ffn_hidden_size} not divisible by TP {tensor_parallel}"),
             (self.num_layers % pipeline_parallel == 0,
              f"num_layers {self.num_layers} not divisible by PP {pipeline_parallel}"),
+        ]
+        for ok, reason in checks:
+            if not ok:
+                raise UsageError(reason)
+        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
+            raise UsageError("hidden_size must be divisible by num_attention_heads (or set kv_channels)")
+        self.validate_runtime()
+
+    def validate_runtime(self) -> None:
+        """Raise UsageError for runtime settings (dtype, FP8, layer implementation, recompute)
+        that cannot work here. They do not depend on the architecture, so a training config's
+        own choices are checked before any checkpoint is read."""
+        checks = [
             (self.params_dtype in ("fp32", "bf16"), f"params_dtype must be fp32 or bf16, got {self.params_dtype!r}"),
             (self.fp8 in (None, "e4m3", "hybrid"), f"fp8 must be e4m3, hybrid or null, got {self.fp8!r}"),
             (self.fp8 is None or self.transformer_impl != "local",
@@ -130,8 +143,6 @@ class ModelConfig:
         for ok, reason in checks:
             if not ok:
                 raise UsageError(reason)
-        if self.kv_channels is None and self.hidden_size % self.num_attention_heads:
-            raise UsageError("hidden_size must be divisible by num_attention_heads (or set kv_channels)")
         if self.fp8 is not None and not has_transformer_engine():
             raise UsageError(
                 f"fp8={self.fp8!r} needs Transformer Engine; install megatron-rlpt[gpu] on a GPU "

@@ -136,15 +136,6 @@ def test_judge_group_publishes_and_withdraws_endpoints(judge_group, tmp_path: Pa
     assert len(logs) == 2
 
 
-@pytest.mark.multirank
-def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
-    """2 CPU ranks under srun; SIGUSR1 → the ranks save and stop, `scontrol requeue`; the rerun
-    resumes from the checkpoint saved on the signal and ends."""
-    _, endpoints, urls = judge_group
-    corpus = tmp_path / "corpus.txt"
-    corpus.write_text(" ".join(f"{a} + {b} = {a + b}." for a in range(40) for b in range(0, 40, 3)))
-    run_dir = tmp_path / "run"
-    overrides = [
 _SIGNAL_PROBE = """
 import signal, sys, time
 def on(signum, frame):
@@ -190,6 +181,17 @@ def test_train_sbatch_refuses_a_stop_signal_srun_turns_into_sigkill(tmp_path: Pa
     assert proc.returncode == 2 and "STOP_SIGNAL=TERM" in proc.stderr
 
 
+@pytest.mark.multirank
+def test_train_sbatch_requeue_resumes(judge_group, tmp_path: Path):
+    """2 CPU ranks under srun; SIGUSR1 → the ranks save and stop, `scontrol requeue`; the rerun
+    resumes from the checkpoint saved on the signal and ends."""
+    _, endpoints, urls = judge_group
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(" ".join(f"{a} + {b} = {a + b}." for a in range(40) for b in range(0, 40, 3)))
+    run_dir = tmp_path / "run"
+    # No periodic save before the end: the only checkpoint of the first attempt is the one the
+    # ranks write when told to stop.
+    overrides = [
         "run.stage=pretrain", f"data.path={corpus}", f"run.output_dir={run_dir}",
         "run.steps=4", "run.save_every=100", "run.keep_last=4",
         "data.seq_length=64", "batch.sequences_per_step=4", "batch.micro_batch_size=2",
@@ -197,8 +199,6 @@ def test_train_sbatch_refuses_a_stop_signal_srun_turns_into_sigkill(tmp_path: Pa
     port = _free_port(21000, 32000)
     job_id = 20000 * 3 + (port - 20000)  # train.sbatch derives MASTER_PORT = 20000 + id % 20000
     env = slurm_env(tmp_path, job_id, 2, "rlpt-train")
-    # No periodic save before the end: the only checkpoint of the first attempt is the one the
-    # ranks write when told to stop.
     env.update(JUDGE_ENDPOINTS_FILE=str(endpoints), ENDPOINTS_POLL="0.5", OMP_NUM_THREADS="1")
     cmd = ["bash", str(SLURM / "train.sbatch"), "examples/quickstart_cpu.yaml", *overrides]
     ckpts = run_dir / "checkpoints"
@@ -223,23 +223,26 @@ def test_train_sbatch_refuses_a_stop_signal_srun_turns_into_sigkill(tmp_path: Pa
     assert rc == 0, text + _rank_logs(log_dir)
     assert "received SIGUSR1" in text
     assert (tmp_path / "scontrol.log").read_text() == f"requeue {job_id}\n"
+    assert (ckpts / "latest_checkpointed_iteration.txt").is_file(), \
+        "the ranks saved no checkpoint when told to stop" + _rank_logs(log_dir)
     stopped_at = int((ckpts / "latest_checkpointed_iteration.txt").read_text())
     assert 1 <= stopped_at < 4, "the job was not stopped before it finished"
+    rank0 = (log_dir / "attempt-0" / "rank-0.log").read_text()
+    assert f"SIGUSR1 received; saved step {stopped_at} and stopped" in rank0
+    # A log file gets one plain line per step, not a progress bar's carriage returns.
+    assert "\r" not in rank0 and f"step {stopped_at}/4 |" in rank0, rank0[-3000:]
     first_metrics = _metrics(run_dir)
 
     # Slurm reruns a requeued job's batch script with SLURM_RESTART_COUNT incremented.
     env["SLURM_RESTART_COUNT"] = "1"
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr + _rank_logs(log_dir)
-    assert (ckpts / "latest_checkpointed_iteration.txt").is_file(), \
-        "the ranks saved no checkpoint when told to stop" + _rank_logs(log_dir)
     assert (tmp_path / "scontrol.log").read_text() == f"requeue {job_id}\n", "requeued again"
 
-    rank0 = (log_dir / "attempt-0" / "rank-0.log").read_text()
-    assert f"SIGUSR1 received; saved step {stopped_at} and stopped" in rank0
-    # A log file gets one plain line per step, not a progress bar's carriage returns.
-    assert "\r" not in rank0 and f"step {stopped_at}/4 |" in rank0, rank0[-3000:]
     assert (ckpts / "iter_0000004" / "COMPLETE").is_file()
+    rank0 = (log_dir / "attempt-1" / "rank-0.log").read_text()
+    assert f"resumed from {ckpts / f'iter_{stopped_at:07d}'} at step {stopped_at}" in rank0
+    assert "step 4/4 |" in rank0
     # Two ranks ran: each saved its RNG state into the checkpoint.
     assert sorted(p.name for p in (ckpts / "iter_0000004" / "rng").iterdir()) == [
         "rank_00000.pt", "rank_00001.pt"]
@@ -248,9 +251,6 @@ def test_train_sbatch_refuses_a_stop_signal_srun_turns_into_sigkill(tmp_path: Pa
     # Steps up to the checkpoint were not trained again: their records (wall times included)
     # are the first attempt's.
     assert metrics[:stopped_at] == first_metrics[:stopped_at]
-    rank0 = (log_dir / "attempt-1" / "rank-0.log").read_text()
-    assert f"resumed from {ckpts / f'iter_{stopped_at:07d}'} at step {stopped_at}" in rank0
-    assert "step 4/4 |" in rank0
 
     # Per-attempt logs: one per rank, the plan, the command with the judge endpoints passed on.
     for attempt in (0, 1):

@@ -36,6 +36,7 @@ BENCHMARKS = {
     "judge": ["benchmarks/judge_throughput.py"],
     "rollout": ["benchmarks/rollout_vs_train.py"],
     "quickstart_seeds": ["benchmarks/quickstart_seeds.py"],
+    "pretrain_rss": ["benchmarks/pretrain_rss.py"],
 }
 GIB = 2**30
 SIGMAS = 2  # the quickstart test's threshold: mean gain − SIGMAS sample standard deviations
@@ -275,8 +276,24 @@ def render_quickstart_seeds(r: dict) -> str:
         f"about {_below_threshold_chance(r['n_seeds'])}."])
 
 
+def render_pretrain_rss(r: dict) -> str:
+    mib = 2**20
+    rows = [[label, f"{run['tokens']:,}", f"{run['bin_bytes'] / mib:.1f} MiB",
+             f"{run['peak_rss_bytes'] / mib:.1f} MiB"]
+            for key, label in (("small", "small corpus"), ("large", "large corpus"))
+            if (run := r.get("runs", {}).get(key))]
+    return "\n".join([
+        table(["dataset", "tokens", "`.bin`", "peak RSS"], ["---", "---:", "---:", "---:"], rows),
+        "",
+        f"**Peak RSS growth / `.bin` bytes: {r['growth_over_bin_bytes']:.4f}** "
+        f"({r['rss_growth_bytes'] / mib:.1f} MiB; target at most "
+        f"{r['target_growth_over_bin_bytes']:.2f}: "
+        f"{'met' if r['meets_target'] else 'not met'})."])
+
+
 RENDER = {"judge": render_judge, "rollout": render_rollout, "logprob": render_logprob,
-          "prepare": render_prepare, "quickstart_seeds": render_quickstart_seeds}
+          "prepare": render_prepare, "quickstart_seeds": render_quickstart_seeds,
+          "pretrain_rss": render_pretrain_rss}
 
 
 def render(name: str, r: dict) -> str:

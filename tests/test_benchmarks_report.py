@@ -77,6 +77,8 @@ def test_every_block_renders_from_fixtures_with_rows(run_all, fixtures):
     assert "| 1234 (the test's) | 0.263 | 0.568 | **+0.305** |" in blocks["quickstart_seeds"]
     assert "mean − 2 standard deviations: **+0.236**" in blocks["quickstart_seeds"]
     assert "about 2.3% under a normal fit" in blocks["quickstart_seeds"]
+    assert "| large corpus | 100,000,000 | 190.7 MiB | 612.8 MiB |" in blocks["pretrain_rss"]
+    assert "**Peak RSS growth / `.bin` bytes: 0.0264** (5.0 MiB" in blocks["pretrain_rss"]
 
 
 def test_judge_block_says_what_the_client_costs(run_all, fixtures):
@@ -95,6 +97,7 @@ def test_judge_block_says_what_the_client_costs(run_all, fixtures):
     ("prepare", lambda r: [r.pop(k) for k in ("baseline_tokenize_index", "full_1_worker",
                                                 "full_2_workers")]),
     ("rollout", lambda r: r.pop("meta")),
+    ("pretrain_rss", lambda r: r.update(runs={})),
 ])
 def test_results_that_would_render_an_empty_block_are_refused(run_all, fixtures, name, breakage):
     broken = copy.deepcopy(fixtures)

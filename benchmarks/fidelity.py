@@ -103,8 +103,8 @@ def split_documents(docs: list[dict], fraction: float) -> tuple[list[dict], list
 
 def rlpt(args: list[str], log_path: Path) -> None:
     """`rlpt ARGS` in a subprocess, output to `log_path`; a failure shows the log's tail."""
-    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"),
-               PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false", WANDB_MODE="disabled")
+    env = dict(os.environ, PYTHONWARNINGS="ignore", TOKENIZERS_PARALLELISM="false",
+               WANDB_MODE="disabled")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     with open(log_path, "a", encoding="utf-8") as out:
@@ -210,6 +210,31 @@ def stop_server(proc: Any) -> None:
             proc.wait()
 
 
+def judge_probe(url: str, data_dir: Path) -> dict:
+    """The generative judge on two known answers: the true s_i (should earn 1) and an unrelated
+    sentence (should earn 0). Recorded with the results, since a small judge may fail either."""
+    from megatron_rlpt.data.dataset import TripleDataset
+    from megatron_rlpt.reward import build_judge
+    from megatron_rlpt.reward.base import JudgeItem
+    from megatron_rlpt.reward.config import JudgeConfig
+
+    data = TripleDataset(data_dir)
+    _, target, _ = data.texts(0)
+    reference = data.reference(0, 3)
+    judge = build_judge(JudgeConfig(kind="http", endpoints=[url + "/v1"], api="chat",
+                                    max_tokens=8, timeout_s=300))
+    try:
+        true, wrong = judge.score([JudgeItem(target, reference, target),
+                                   JudgeItem("The weather in Paris was mild all week.", reference,
+                                             target)])
+    finally:
+        judge.close()
+    out = {"true_segment": true.reward if true.valid else None,
+           "unrelated": wrong.reward if wrong.valid else None}
+    log(f"judge probe: true s_i -> {out['true_segment']}, unrelated -> {out['unrelated']}")
+    return out
+
+
 # -- measuring one model on the held-out triples ----------------------------------------------------
 
 
@@ -244,6 +269,7 @@ def evaluate(model_dir: Path, data_dir: Path, out: Path, settings: dict,
     from megatron_rlpt.tasks import Task, TaskConfig, Templates, extract_prediction, render_prompt
 
     torch.manual_seed(0)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     data = TripleDataset(data_dir)
@@ -355,7 +381,7 @@ def summarize(evals: dict[str, dict], arms: list[str], seeds: list[int]) -> dict
         keys = ["warmup"] if arm == "warmup" else [f"{arm}/seed{s}" for s in seeds]
         rows = [evals[k] for k in keys if k in evals]
         fig = {}
-        for name in ("reward_judge", "reward_rule", "agreement", "nll"):
+        for name in ("reward_judge", "reward_rule", "agreement", "nll", "judge_failed"):
             vals = [r[name] for r in rows if r.get(name) is not None]
             fig[name] = {"mean": statistics.mean(vals) if vals else None,
                          "std": statistics.stdev(vals) if len(vals) > 1 else None,
@@ -497,6 +523,7 @@ def run(args: argparse.Namespace) -> dict:
         t0 = time.perf_counter()
         server, url = start_judge_server(smol, work / "logs" / "judge_server.log")
         timed("judge_server_start", time.perf_counter() - t0)
+    probe = judge_probe(url, data["heldout"]) if url else None
     try:
         runs = _arms(args, s, arms, work, warmup, data, url, timed)
         _evaluate_all(models, todo, work, data, s, url, timed)
@@ -507,6 +534,7 @@ def run(args: argparse.Namespace) -> dict:
              for k in models}
     result = {
         "settings": {**s, "arms": arms, "rollout_engine": args.rollout_engine,
+                     "threads_per_process": args.threads,
                      "train_judge": ("the generative judge" if args.judge == "http"
                                      and args.train_judge == "http" else "the rule judge")
                                     + " in the arm's reward mode",
@@ -520,7 +548,7 @@ def run(args: argparse.Namespace) -> dict:
                   "heldout_ids": [d["id"] for d in held_docs],
                   "train_triples": _triples(data["train"]),
                   "heldout_triples": _triples(data["heldout"])},
-        "runs": runs, "eval": evals, "summary": summarize(evals, arms, s["seeds"]),
+        "judge_probe": probe, "runs": runs, "eval": evals, "summary": summarize(evals, arms, s["seeds"]),
         "wall_s": walls, "total_wall_s": round(time.perf_counter() - t_start, 1),
         "meta": _meta(args),
     }
@@ -560,16 +588,20 @@ def render_fidelity(r: dict) -> str:
     from run_all import table
 
     s, summary = r["settings"], r["summary"]
+    n_eval = len(next(iter(r["eval"].values()))["triples"]) if r["eval"] else 0
     rows = []
     for arm, fig in summary.items():
         tokens = [v["trained_tokens"] for k, v in r["runs"].items() if k.startswith(arm + "/")]
-        rows.append([ARM_LABELS.get(arm, arm), _fmt(fig["reward_judge"]),
+        failed = fig.get("judge_failed", {}).get("mean")
+        judge_cell = _fmt(fig["reward_judge"]) + (
+            f" ({failed:.0f} of {n_eval} unjudged)" if failed else "")
+        rows.append([ARM_LABELS.get(arm, arm), judge_cell,
                      _fmt(fig["reward_rule"]), _fmt(fig["agreement"], 2), _fmt(fig["nll"]),
                      f"{statistics.mean(tokens):,.0f}" if tokens else "0"])
     body = table(["model", "held-out reward, generative judge", "held-out reward, rule judge",
                   "judges agree", "NLL of s_i (nats/token)", "trained tokens"],
                  ["---", "---:", "---:", "---:", "---:", "---:"], rows)
-    n_eval = len(next(iter(r["eval"].values()))["triples"]) if r["eval"] else 0
+    probe = r.get("judge_probe") or {}
     m = r["meta"]
     return "\n".join([
         body, "",
@@ -579,7 +611,11 @@ def render_fidelity(r: dict) -> str:
         f"({s['warmup_steps']} SFT steps); RLPT {s['prompts_per_step']} prompts × "
         f"{s['group_size']} samples, {s['max_new_tokens']} new tokens, lr {s['lr']}, rollouts "
         f"`{s['rollout_engine']}`, training judge {s['train_judge']}. Evaluation judge: "
-        f"{s['eval_judge']}. ![fidelity](fidelity.png)", "",
+        f"{s['eval_judge']}; the judge's reward is over the items it judged (unjudged: no "
+        "`Score: 0|1` in its answer after re-judging), agreement over items both judges "
+        f"judged. Judge probe: the true s_i scored {probe.get('true_segment', 'n/a')}, an "
+        f"unrelated sentence {probe.get('unrelated', 'n/a')} (None: unparsable answer). "
+        "![fidelity](fidelity.png)", "",
         f"Measured by `{m['command']}` (commit {m['commit']}) on {m['date']}, {m['cpu_count']} "
         f"CPUs; took {r['total_wall_s'] / 60:.0f} min."])
 
@@ -637,9 +673,15 @@ def main() -> None:
     p.add_argument("--judge", default="http", choices=["http", "rule"],
                    help="evaluation judges: the vLLM-served generative judge and the rule judge "
                         "(http), or the rule judge only")
-    p.add_argument("--train-judge", default="http", choices=["http", "rule"],
-                   help="training rewards of the RLPT arms: the generative judge (the paper's "
-                        "setup; needs --judge http) or the rule judge")
+    p.add_argument("--train-judge", default="rule", choices=["http", "rule"],
+                   help="training rewards of the RLPT arms: the rule judge (default: the small "
+                        "generative judge did not answer in the judge prompt's format in our "
+                        "probe, and a failed judgement masks its group) or the generative judge "
+                        "(the paper's setup; needs --judge http)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads per process (OMP_NUM_THREADS); 1 leaves the second core "
+                        "to the judge server: two threads on a busy core ran generation 7x "
+                        "slower in our trial")
     p.add_argument("--render", action="store_true",
                    help="only render benchmarks/results/fidelity.json into docs/experiments.md")
     p.add_argument("--eval-one", help=argparse.SUPPRESS)
@@ -648,6 +690,7 @@ def main() -> None:
     p.add_argument("--settings", help=argparse.SUPPRESS)
     p.add_argument("--judge-url", help=argparse.SUPPRESS)
     args = p.parse_args()
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)  # every subprocess inherits it
     if args.eval_one:
         evaluate(Path(args.eval_one), Path(args.eval_data), Path(args.eval_out),
                  json.loads(args.settings), args.judge_url)

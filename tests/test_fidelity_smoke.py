@@ -115,3 +115,13 @@ def test_smoke_results_are_never_rendered_into_the_docs(tmp_path):
 def test_the_docs_have_the_generated_block():
     text = (REPO_ROOT / "docs" / "experiments.md").read_text()
     assert "<!-- generated:fidelity -->" in text and "python benchmarks/fidelity.py" in text
+
+
+def test_report_counts_items_the_generative_judge_could_not_judge():
+    r = _result()
+    for key in ("prefix/seed1", "prefix/seed2"):
+        r["eval"][key]["judge_failed"] = 2
+    r["summary"] = fidelity.summarize(r["eval"], ["prefix", "strict", "pretrain"], [1, 2])
+    r["judge_probe"] = {"true_segment": None, "unrelated": 0.0}
+    block = fidelity.render_fidelity(r)
+    assert "(2 of 3 unjudged)" in block and "true s_i scored None" in block

@@ -627,9 +627,10 @@ def plot(r: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     arms = list(r["summary"])
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.5))
     for ax, name, title in ((axes[0], "reward_judge", "held-out reward (generative judge)"),
-                            (axes[1], "nll", "held-out NLL of s_i")):
+                            (axes[1], "reward_rule", "held-out reward (rule judge)"),
+                            (axes[2], "nll", "held-out NLL of s_i (nats/token)")):
         means = [r["summary"][a][name]["mean"] or 0.0 for a in arms]
         errs = [r["summary"][a][name]["std"] or 0.0 for a in arms]
         ax.bar(range(len(arms)), means, yerr=errs, capsize=3)

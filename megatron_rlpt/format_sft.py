@@ -55,13 +55,16 @@ def format_examples(dataset: Any, task_cfg: Any, seed: int, *, correct_fraction:
         answer = target if rng.random() < correct_fraction else abstain
         task = Task.MSR if rng.random() < msr_probability(task_cfg) else Task.ASR
         if max_prompt_tokens > 0:
-            from megatron_rlpt.stages.prompts import fit_context
+            from megatron_rlpt.stages.prompts import fit_context, fit_following
 
-            def encode(ctx: str, task: Task = task, nxt: str = next_segment) -> list[int]:
+            def render(ctx: str, nxt: str, task: Task = task) -> list[int]:
                 text = render_prompt(task, ctx, nxt, task_cfg, templates)
                 return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-            _, context, _ = fit_context(encode, lambda i=i: dataset.context_pieces(i),
+            if task is Task.MSR:
+                next_segment = fit_following(render, next_segment, max_prompt_tokens, tokenizer)
+            _, context, _ = fit_context(lambda ctx, nxt=next_segment: render(ctx, nxt),
+                                        lambda i=i: dataset.context_pieces(i),
                                         max_prompt_tokens, tokenizer)
         prompt = render_prompt(task, context, next_segment, task_cfg, templates)
         stub = f"{reasoning[task.value]}\n" if reasoning else ""

@@ -99,6 +99,24 @@ def fit_context(encode: Callable[[str], list[int]], pieces: Callable[[], list[st
     return encode(context), context, True
 
 
+def fit_following(render: Callable[[str, str], list[int]], following: str, limit: int,
+                  tokenizer: Any) -> str:
+    """MSR's visible s_i+1 cut to its leading tokens (what directly follows the mask) so that
+    `render(context, following)` fits `limit` with an empty context; unchanged if even an empty
+    s_i+1 does not fit (fit_context then reports the budget as too small)."""
+    ids = tokenizer(following, add_special_tokens=False)["input_ids"]
+
+    def kept(drop: int) -> str:
+        return tokenizer.decode(ids[:len(ids) - drop])
+
+    def fits(drop: int) -> bool:
+        return len(render("", kept(drop))) <= limit
+
+    if not fits(len(ids)):
+        return following
+    return kept(_smallest(0, len(ids), fits))
+
+
 class RLPTSource(PromptSource):
     """ASR / MSR prompts from the triples written by `rlpt prepare`; judged by the configured judge."""
 
@@ -149,7 +167,7 @@ class RLPTSource(PromptSource):
 
         cut_following = False
         if task is Task.MSR and len(render("", next_segment)) > limit:
-            next_segment = self._fit_following(render, next_segment, limit)
+            next_segment = fit_following(render, next_segment, limit, self.tokenizer)
             cut_following = True
         ids, _, truncated = fit_context(lambda ctx: render(ctx, next_segment),
                                         lambda: dataset.context_pieces(index), limit,
@@ -160,23 +178,6 @@ class RLPTSource(PromptSource):
             k = 0
         return Prompt(ids, task.value, task_loss_weight(task, t),
                       dataset.reference(index, k), target, truncated or cut_following)
-
-    def _fit_following(self, render: Callable[[str, str], list[int]], following: str,
-                       limit: int) -> str:
-        """MSR's visible s_i+1 cut to its leading tokens (what directly follows the mask) so
-        that the prompt fits `limit` with an empty context; unchanged if even an empty s_i+1
-        does not fit (fit_context then reports the budget as too small)."""
-        ids = self._tokens(following)
-
-        def kept(drop: int) -> str:
-            return self.tokenizer.decode(ids[:len(ids) - drop])
-
-        def fits(drop: int) -> bool:
-            return len(render("", kept(drop))) <= limit
-
-        if not fits(len(ids)):
-            return following
-        return kept(_smallest(0, len(ids), fits))
 
     def make_judge(self) -> Any:
         from megatron_rlpt.reward import build_judge

@@ -147,3 +147,21 @@ def test_budget_below_the_template_is_an_error(prepared):
     source = _source(prepared, 20)
     with pytest.raises(UsageError, match="max_prompt_tokens=20"):
         _prompts(source, len(prepared))
+
+
+def test_format_sft_fits_the_same_budget(prepared):
+    """`rlpt format-sft` cuts prompts as RLPT does, MSR's over-long s_i+1 included."""
+    from transformers import AutoTokenizer
+
+    from megatron_rlpt.data.tokenizer import default_tokenizer_path
+    from megatron_rlpt.format_sft import format_examples
+
+    tokenizer = AutoTokenizer.from_pretrained(default_tokenizer_path())
+    records = list(format_examples(prepared, TaskConfig(lam=1.0), seed=0, tokenizer=tokenizer,
+                                   max_prompt_tokens=160))
+    assert len(records) == len(prepared)
+    lengths = [len(tokenizer(r["prompt"], add_special_tokens=False)["input_ids"])
+               for r in records]
+    assert max(lengths) <= 160
+    assert any("This single sentence keeps going" in r["prompt"] and "<MASK>" in r["prompt"]
+               for r in records)

@@ -10,22 +10,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from tests.multirank import REPO_ROOT
 
 EXAMPLE = REPO_ROOT / "examples" / "quickstart_cpu.yaml"
 STEPS = 2
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from megatron_rlpt.data.pipeline import prepare
-    from megatron_rlpt.quickstart import CORPUS
-
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare([str(CORPUS)], out, progress=False)
-    return out
 
 
 def _train(out: Path, data: Path, *overrides: str) -> list[dict]:
@@ -40,8 +28,8 @@ def _train(out: Path, data: Path, *overrides: str) -> list[dict]:
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_recompute_by_default(prepared: Path, tmp_path: Path):
-    rows = _train(tmp_path / "run", prepared)
+def test_recompute_by_default(quickstart_prepared: Path, tmp_path: Path):
+    rows = _train(tmp_path / "run", quickstart_prepared)
     assert len(rows) == STEPS
     for r in rows:
         assert r["ratio_mean"] == 1.0 and r["clip_frac"] == 0.0 and r["approx_kl"] == 0.0
@@ -52,8 +40,8 @@ def test_recompute_by_default(prepared: Path, tmp_path: Path):
         assert r["time/old_logprobs_s"] > 0
 
 
-def test_engine_logprobs_with_tis(prepared: Path, tmp_path: Path):
-    rows = _train(tmp_path / "run", prepared, "loss.old_logprobs=engine", "loss.tis_cap=1.5")
+def test_engine_logprobs_with_tis(quickstart_prepared: Path, tmp_path: Path):
+    rows = _train(tmp_path / "run", quickstart_prepared, "loss.old_logprobs=engine", "loss.tis_cap=1.5")
     for r in rows:
         assert r["ratio_mean"] == 1.0  # normalised: the engine enters through the weight
         assert abs(r["tis/weight_mean"] - 1) <= 1e-4 and r["tis/capped_frac"] == 0.0

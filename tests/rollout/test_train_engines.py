@@ -24,17 +24,6 @@ EXAMPLE = REPO_ROOT / "examples" / "quickstart_cpu.yaml"
 STEPS = 2
 
 
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quickstart corpus through `rlpt prepare`, as the example's header says."""
-    from megatron_rlpt.data.pipeline import prepare
-    from megatron_rlpt.quickstart import CORPUS
-
-    out = tmp_path_factory.mktemp("prepared") / "data"
-    prepare([str(CORPUS)], out, progress=False)
-    return out
-
-
 def _train(out: Path, data: Path, *overrides: str, cwd: Path = REPO_ROOT,
            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     env = {**(env if env is not None else os.environ), "OMP_NUM_THREADS": "1"}
@@ -65,14 +54,14 @@ def _check_run(proc: subprocess.CompletedProcess, run: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_rlpt_train_with_vllm_from_the_shipped_example(prepared: Path, tmp_path: Path):
+def test_rlpt_train_with_vllm_from_the_shipped_example(quickstart_prepared: Path, tmp_path: Path):
     """The README's setup: `.venv-vllm` in the checkout, `rlpt train` started from the checkout,
     nothing about vLLM's Python configured (RLPT_VLLM_PYTHON only where the tests are told)."""
     from tests.convert.test_vllm import _vllm_python
 
     _vllm_python()  # fails with instructions when vLLM is not set up
     work = tmp_path / "vllm-work"
-    proc = _train(tmp_path / "run", prepared, "rollout.engine=vllm",
+    proc = _train(tmp_path / "run", quickstart_prepared, "rollout.engine=vllm",
                   f"rollout.vllm.work_dir={work}",
                   # A policy trained from scratch earns reward 0 everywhere; keep its groups so
                   # that every step updates the model and pushes the weights.
@@ -110,12 +99,12 @@ def test_default_vllm_python_is_absolute_and_found_from_anywhere(tmp_path: Path,
     assert resolve_python(cwd=tmp_path) == str(here / ".venv-vllm" / "bin" / "python")
 
 
-def test_head_size_vllm_cpu_refuses_is_named_in_the_error(prepared: Path, tmp_path: Path):
+def test_head_size_vllm_cpu_refuses_is_named_in_the_error(quickstart_prepared: Path, tmp_path: Path):
     """The default model (hidden 64, 4 heads: head size 16) stops at start-up with the reason."""
     from tests.convert.test_vllm import _vllm_python
 
     _vllm_python()
-    proc = _train(tmp_path / "run", prepared, "rollout.engine=vllm", "model.hidden_size=64",
+    proc = _train(tmp_path / "run", quickstart_prepared, "rollout.engine=vllm", "model.hidden_size=64",
                   "model.ffn_hidden_size=128")
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-3000:]
     assert "head size is 16" in proc.stderr and "model.kv_channels" in proc.stderr
@@ -167,10 +156,10 @@ class CheckingSGLang(FakeSGLang):
         return web.json_response(out if len(out) > 1 else out[0])
 
 
-def test_rlpt_train_with_sglang_keeps_only_the_last_push(prepared: Path, tmp_path: Path):
+def test_rlpt_train_with_sglang_keeps_only_the_last_push(quickstart_prepared: Path, tmp_path: Path):
     server = CheckingSGLang()
     weights = tmp_path / "weights"
-    proc = _train(tmp_path / "run", prepared, "rollout.engine=sglang",
+    proc = _train(tmp_path / "run", quickstart_prepared, "rollout.engine=sglang",
                   f"rollout.sglang.endpoints=[{server.url}]",
                   f"rollout.sglang.weights_dir={weights}",
                   # Any prediction of enough words earns 1: every group has rewards 1 and 0.

@@ -42,24 +42,30 @@ def test_tp2_checkpoint_loads_at_pp2(tp2_checkpoint):
     assert (ranks[1]["logits"] - tp2_checkpoint["logits"]).abs().max().item() <= TOL
 
 
-@pytest.mark.multirank
-def test_resume_continues_exactly(tmp_path):
-    """2 steps + save + resume + 2 steps equals 4 uninterrupted steps (DP=2, dist optimizer)."""
+def _assert_resume_matches_straight(tmp_path, saved_at: int, total: int) -> None:
+    """Train `saved_at` steps and save, resume and train to `total`: metrics and weights equal
+    `total` uninterrupted steps (DP=2, distributed optimizer)."""
     ref_root = tmp_path / "ref"
     run_multirank("tests.runtime.workers:save_reference", nproc=1, ckpt=str(ref_root), arch="llama")
     straight = run_multirank("tests.runtime.workers:train_from", nproc=2, ckpt=str(ref_root),
-                             arch="llama", tp=1, pp=1, dist_opt=True, steps=4)[0]
+                             arch="llama", tp=1, pp=1, dist_opt=True, steps=total)[0]
     run_root = tmp_path / "run"
     run_multirank("tests.runtime.workers:train_from_and_save", nproc=2, ckpt=str(ref_root),
-                  out=str(run_root), arch="llama", dist_opt=True, steps=2)
+                  out=str(run_root), arch="llama", dist_opt=True, steps=saved_at)
     resumed = run_multirank("tests.runtime.workers:resume_and_train", nproc=2, ckpt=str(run_root),
-                            arch="llama", tp=1, pp=1, dist_opt=True, steps=2)[0]
-    assert resumed["trainer_state"]["step"] == 2
-    for a, b in zip(straight["metrics"][2:], resumed["metrics"]):
+                            arch="llama", tp=1, pp=1, dist_opt=True, steps=total - saved_at)[0]
+    assert resumed["trainer_state"]["step"] == saved_at
+    for a, b in zip(straight["metrics"][saved_at:], resumed["metrics"], strict=True):
         assert a["lm_loss"] == pytest.approx(b["lm_loss"], abs=1e-6)
         assert a["lr"] == b["lr"]
     for name, w in straight["weights"].items():
         assert torch.equal(w, resumed["weights"][name]), name
+
+
+@pytest.mark.multirank
+def test_resume_continues_exactly(tmp_path):
+    """2 steps + save + resume + 2 steps equals 4 uninterrupted steps (DP=2, dist optimizer)."""
+    _assert_resume_matches_straight(tmp_path, saved_at=2, total=4)
 
 
 def test_partial_checkpoint_is_never_latest(tmp_path):
@@ -115,18 +121,4 @@ def test_resolve_checkpoint_refusals(tmp_path):
 def test_save_before_first_step_resumes_exactly(tmp_path):
     """A save before any optimizer step (e.g. RL step 1 kept no group) works with the distributed
     optimizer on torch Adam, and a resume from it matches an uninterrupted run."""
-    ref_root = tmp_path / "ref"
-    run_multirank("tests.runtime.workers:save_reference", nproc=1, ckpt=str(ref_root), arch="llama")
-    straight = run_multirank("tests.runtime.workers:train_from", nproc=2, ckpt=str(ref_root),
-                             arch="llama", tp=1, pp=1, dist_opt=True, steps=2)[0]
-    run_root = tmp_path / "run"
-    run_multirank("tests.runtime.workers:train_from_and_save", nproc=2, ckpt=str(ref_root),
-                  out=str(run_root), arch="llama", dist_opt=True, steps=0)
-    resumed = run_multirank("tests.runtime.workers:resume_and_train", nproc=2, ckpt=str(run_root),
-                            arch="llama", tp=1, pp=1, dist_opt=True, steps=2)[0]
-    assert resumed["trainer_state"]["step"] == 0
-    for a, b in zip(straight["metrics"], resumed["metrics"], strict=True):
-        assert a["lm_loss"] == pytest.approx(b["lm_loss"], abs=1e-6)
-        assert a["lr"] == b["lr"]
-    for name, w in straight["weights"].items():
-        assert torch.equal(w, resumed["weights"][name]), name
+    _assert_resume_matches_straight(tmp_path, saved_at=0, total=2)
